@@ -71,8 +71,16 @@ def test_no_attention_matrix_is_materialised() -> None:
     assert largest < chunk_matrix / 2
 
 
-@pytest.mark.parametrize("bad", [torch.rand(3, 8, 8), torch.rand(1, 4, 8, 8), torch.rand(1, 3, 1, 8),
-                                 torch.randint(0, 255, (1, 3, 8, 8)), torch.rand(1, 3, 8, 8).double()])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.rand(3, 8, 8),
+        torch.rand(1, 4, 8, 8),
+        torch.rand(1, 3, 1, 8),
+        torch.randint(0, 255, (1, 3, 8, 8)),
+        torch.rand(1, 3, 8, 8).double(),
+    ],
+)
 def test_bad_input_raises_value_error(bad: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="expected"):
         ESRT(2)(bad)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from esrt.model import ESRT, SCALES
+from esrt.model import ESRT
 
 
 class CheckpointError(ValueError):

@@ -28,9 +28,7 @@ def shipped_weights(scale: int) -> Path:
     return path
 
 
-def load_model(
-    path: str | Path | None = None, scale: int | None = None, device: str | torch.device = "cpu"
-) -> ESRT:
+def load_model(path: str | Path | None = None, scale: int | None = None, device: str | torch.device = "cpu") -> ESRT:
     """An eval-mode ESRT from a reference .pth or our .safetensors, or the shipped weights when path is None.
 
     scale: with path=None it picks the shipped weights (default 4); with a path the scale is detected from
