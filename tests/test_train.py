@@ -137,7 +137,8 @@ def test_torchrun_two_processes(images: Path, tmp_path: Path) -> None:
         "dist.destroy_process_group()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    cmd.append(str(script))
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(checkpoints(tmp_path / "ddp")) == 1

@@ -15,14 +15,15 @@ _LAZY = {
     "load_model": "esrt.pretrained",
     "save_weights": "esrt.convert",
     "forward_chop": "esrt.chop",
-    "imresize": "esrt.imresize",
     "upscale": "esrt.infer",
 }
+
+# Eager (numpy only): importing the submodule esrt.imresize would otherwise rebind the name to the module.
+from esrt.imresize import imresize  # noqa: E402
 
 if TYPE_CHECKING:
     from esrt.chop import forward_chop
     from esrt.convert import save_weights
-    from esrt.imresize import imresize
     from esrt.infer import upscale
     from esrt.model import ESRT
     from esrt.pretrained import load_model

@@ -19,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     # --- subcommands: each helper function adds one parser (kept in this file, no imports of torch) ---
     _add_train(sub)
+    _add_eval(sub)
+    _add_upscale(sub)
+    _add_export(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -68,6 +72,127 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train(config, resume=args.resume)
     print(json.dumps(result.summary()))
     return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    p = sub.add_parser(
+        "eval",
+        help="PSNR/SSIM tables on benchmark sets (the field's protocol)",
+        description="Score a method on benchmark sets as the papers do: modcrop, MATLAB bicubic LR, uint8 SR, "
+        "Y of rgb2ycbcr, crop SCALE pixels per border, PSNR and SSIM (ssim_index.m), averaged per set. "
+        "The bicubic baseline follows the papers' recipe (Y of the HR, MATLAB bicubic down and up in double).",
+    )
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=4, help="upscaling factor (default 4)")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=["Set5", "Set14", "BSD100"],
+        metavar="SET",
+        help="set names (folders under --data-root) or paths to folders of HR images (default Set5 Set14 BSD100)",
+    )
+    p.add_argument("--data-root", type=Path, default=None, help="folder holding the sets (default ../shared/data)")
+    p.add_argument("--method", choices=("bicubic", "esrt"), default="esrt", help="what to score (default esrt)")
+    p.add_argument("--weights", default=None, help="esrt checkpoint, .safetensors or reference .pth (default: shipped)")
+    p.add_argument("--chop", action="store_true", help="run the model with the reference forward_chop tiling")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="esrt precision (default fp32)")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write {set: {psnr, ssim, images}} here")
+    p.add_argument("--save-dir", type=Path, default=None, metavar="DIR", help="save the SR images (bicubic: Y) here")
+    p.add_argument("--figures", type=Path, default=None, metavar="DIR", help="save side-by-side crops HR|bicubic|ESRT")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from esrt.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
+def _add_upscale(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upscale",
+        help="upscale image files (PNG out by default)",
+        description="Upscale images with ESRT. Outputs are named <stem>_x<S>.<format> in the -o folder (default "
+        "./results; files from a folder input keep their sub-folders), or -o names the output file when there is "
+        "one input. Existing outputs are skipped unless --overwrite; an input is never overwritten. Tiled output "
+        "differs slightly from whole-image output: every pixel attends to a band of its own tile.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--output", default=None, metavar="OUT", help="output folder (default ./results) or file")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="model scale (default 4 or the weights')")
+    p.add_argument("--weights", default=None, help="reference .pth, esrt .safetensors, or .onnx with --backend onnx")
+    p.add_argument("--tile", default="auto", help="LR tile side in px, 'auto' (from free memory) or 0 (whole image)")
+    p.add_argument("--tile-overlap", type=int, default=16, metavar="PX", help="overlap of tiles, blended (default 16)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast (default fp32)")
+    p.add_argument("--tta", action="store_true", help="x8 self-ensemble (flips and transposes; 8x slower)")
+    p.add_argument("--outscale", type=float, default=None, metavar="F", help="final factor (Lanczos resize of result)")
+    p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic", help="how alpha is upscaled")
+    p.add_argument("--format", choices=("png", "jpg", "webp", "bmp", "tiff"), default=None, help="output format (png)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all)")
+    p.add_argument("--max-pixels", type=int, default=4096 * 4096, metavar="N", help="refuse larger inputs (16777216)")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch, or onnxruntime on an .onnx")
+    p.set_defaults(run=_run_upscale)
+
+
+def _run_upscale(args: argparse.Namespace) -> int:
+    from esrt.infer import main_upscale
+
+    return main_upscale(args)
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export ESRT to ONNX (dynamic batch, height, width)",
+        description="Export ESRT to ONNX with dynamic batch, height and width (any size, H, W >= 2); needs "
+        "pip install 'esrt[onnx]'. Run it with `esrt upscale --backend onnx --weights OUT.onnx`.",
+    )
+    p.add_argument("--onnx", required=True, metavar="OUT", help="path of the .onnx file to write")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="model scale (default 4 or the weights')")
+    p.add_argument("--weights", default=None, help="reference .pth or esrt .safetensors (default: shipped weights)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest with the needed ops)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from esrt.export import main_export
+
+    return main_export(args)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a local web page to upscale images (pip install esrt[demo])",
+        description="Serve a page on this computer to drop an image, pick scale and precision, compare before and "
+        "after, and download the result. One image runs at a time, the others wait in a queue; files stay in a "
+        "temporary folder that is deleted on exit. Only this computer can reach the page unless --host says otherwise.",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        metavar="PATH",
+        help="checkpoint, .safetensors or reference .pth, scale detected; repeat for several scales (default: shipped)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 opens it to the network")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    p.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
+    p.add_argument("--tile", default="auto", help="LR tile side in pixels, auto (from free memory) or none")
+    p.add_argument("--max-upload-mb", type=float, default=None, help="largest upload in MB (default 25)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest input, width x height (default 2097152)")
+    p.add_argument("--queue", type=int, default=None, help="images that may wait behind the running one (default 8)")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from esrt.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,8 +28,8 @@ Precision = Literal["fp32", "bf16"]
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 DEFAULT_SETS = ("Set5", "Set14", "BSD100")
 BICUBIC_RECIPE = (
-    "bicubic as the papers' tables make it: Y (rounded) of the modcropped HR -> MATLAB bicubic downscale "
-    "-> MATLAB bicubic upscale, both in double -> round to uint8"
+    "the papers' recipe: Y (rounded) of the modcropped HR -> MATLAB bicubic downscale -> MATLAB bicubic upscale, "
+    "in double -> round to uint8"
 )
 FIGURE_CROP = 128  # side of the HR-space crop shown in figures
 
@@ -260,9 +260,9 @@ def evaluate(
 def format_table(results: Sequence[SetScore], scale: int, method: Method) -> str:
     """The table `esrt eval` prints: one row per set, mean PSNR (dB) and SSIM on Y."""
     lines = [f"method: {method} x{scale}" + (f" ({BICUBIC_RECIPE})" if method == "bicubic" else "")]
-    lines.append(f"{'set':<12} {'images':>6} {'PSNR':>8} {'SSIM':>8}")
+    lines.append(f"{'set':<12} {'images':>6} {'PSNR dB':>8} {'SSIM':>8}")
     for r in results:
-        lines.append(f"{r.name:<12} {len(r.images):>6} {r.psnr:>8.2f} {r.ssim:>8.4f}")
+        lines.append(f"{r.name:<12} {len(r.images):>6} {r.psnr:>8.3f} {r.ssim:>8.4f}")
     return "\n".join(lines)
 
 

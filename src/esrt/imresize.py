@@ -6,8 +6,6 @@ Follows the recipe of ../shared/data/SOURCES.md that rebuilds every LR file of S
 from __future__ import annotations
 
 import math
-import sys
-import types
 from fractions import Fraction
 
 import numpy as np
@@ -96,18 +94,3 @@ def imresize(image: np.ndarray, scale: float, antialiasing: bool = True) -> np.n
         raise ValueError(f"expected a uint8 or float image, got dtype {image.dtype}")
     rows = _resize_axis(image.astype(np.float64), 0, scale, antialiasing)
     return _resize_axis(rows, 1, scale, antialiasing).astype(image.dtype)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as its own `imresize` function.
-
-    Importing the submodule `esrt.imresize` makes Python bind the attribute `esrt.imresize` to the module,
-    shadowing the function that `esrt/__init__.py` exports lazily under the same name. Making the module
-    callable keeps `esrt.imresize(image, scale)` working however the user reached it.
-    """
-
-    def __call__(self, image: np.ndarray, scale: float, antialiasing: bool = True) -> np.ndarray:
-        return imresize(image, scale, antialiasing)
-
-
-sys.modules[__name__].__class__ = _CallableModule

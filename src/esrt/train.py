@@ -5,9 +5,10 @@ Follows the paper's recipe (ESRT_SPEC.md, "Training recipe"); defaults live in e
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -146,10 +147,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
