@@ -100,6 +100,19 @@ def test_upscale_job_matches_esrt_upscale(client: tuple[FlaskClient, JobRunner],
     np.testing.assert_array_equal(np.asarray(before), np.asarray(Image.open(io.BytesIO(data))))
 
 
+def test_precision_and_tta_reach_esrt_upscale(client: tuple[FlaskClient, JobRunner], model4: ESRT) -> None:
+    c, runner = client
+    data = _png((10, 8), 5)
+    status, job = _post(c, data, "small.png", precision="bf16", tta="true")
+    assert status == 202 and job["precision"] == "bf16" and job["tta"] is True
+    runner.wait_idle()
+    got = np.asarray(Image.open(io.BytesIO(c.get(job["result_url"]).data)))
+    want = esrt.upscale(Image.open(io.BytesIO(data)), model=model4, precision="bf16", tta=True)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    plain = np.asarray(esrt.upscale(Image.open(io.BytesIO(data)), model=model4))
+    assert np.any(got != plain), "bf16 + TTA must change the result"
+
+
 def test_refusals_have_messages(client: tuple[FlaskClient, JobRunner]) -> None:
     c, runner = client
     status, body = _post(c, b"just some notes\n", "notes.txt")

@@ -77,8 +77,12 @@ class Job:
         return f"{Path(self.name).stem or 'image'}_x{self.scale}.png"
 
 
+class _StoppedError(Exception):
+    """Raised inside a running job when the server shuts down."""
+
+
 class _CountingUpscaler:
-    """An esrt.infer Upscaler that reports each network call (one per tile, eight with TTA) to a callback."""
+    """An esrt.infer Upscaler that calls on_call before each network call (one per tile, eight with TTA)."""
 
     def __init__(self, net: Any, on_call: Any) -> None:
         self.net = net
@@ -86,9 +90,8 @@ class _CountingUpscaler:
         self.on_call = on_call
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.net(x)
         self.on_call()
-        return y
+        return self.net(x)
 
 
 def _expected_calls(size: tuple[int, int], scale: int, tile: int | Literal["auto"] | None, tta: bool) -> int:
@@ -126,6 +129,7 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name="esrt-demo-worker", daemon=True)
         self._worker.start()
 
@@ -235,10 +239,12 @@ class JobRunner:
         total = _expected_calls(job.size, job.scale, self.config.tile, job.tta)
         calls = 0
 
-        def on_call() -> None:
+        def on_call() -> None:  # before each tile: progress, and the chance to stop
             nonlocal calls
-            calls += 1
+            if self._stopping.is_set():
+                raise _StoppedError("the server is shutting down")
             job.progress = min(calls / total, 0.99)
+            calls += 1
 
         net = _CountingUpscaler(TorchUpscaler(self.models[job.scale], job.precision), on_call)
         result = esrt.upscale(job.pixels, model=net, tile=self.config.tile, tta=job.tta)
@@ -268,8 +274,9 @@ class JobRunner:
             time.sleep(0.02)
         raise TimeoutError("jobs still running")
 
-    def close(self, wait: float = 2.0) -> None:
-        """Stops the worker and deletes the temporary folder (a running job is given `wait` seconds to end)."""
+    def close(self, wait: float = 30.0) -> None:
+        """Stops the worker (a running job stops at its next tile) and deletes the temporary folder."""
+        self._stopping.set()
         self._queue.put(None)
         self._worker.join(timeout=wait)
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -413,6 +420,7 @@ def parse_tile(value: str | int | None) -> int | Literal["auto"] | None:
 
 def serve(app: Flask, host: str = "127.0.0.1", port: int = 7860) -> BaseWSGIServer:
     """A threaded WSGI server for app on (host, port), not yet serving; port 0 picks a free port."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request: the page polls
     return make_server(host, port, app, threaded=True)
 
 
@@ -428,7 +436,6 @@ def main(args: argparse.Namespace) -> int:
     models = load_models(args.weights, args.device)
     app = create_app(models, config)
     runner: JobRunner = app.extensions["esrt_demo"]
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request: the page polls
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` cleans up like Ctrl+C
     try:
@@ -443,9 +450,10 @@ def main(args: argparse.Namespace) -> int:
             import webbrowser
 
             webbrowser.open(url)
-        server.serve_forever()
+        server.serve_forever()  # returns on Ctrl+C or SIGTERM
     finally:
         runner.close()
+    print("esrt demo: stopped; temporary files deleted")
     return 0
 
 

@@ -245,36 +245,37 @@ def upscale_pixels(
     s = net.scale
     H, W, C = pixels.shape
     size = _tile_size(tile, tile_overlap, s)
+    if outscale is not None and not outscale > 0:
+        raise ValueError(f"outscale must be positive, got {outscale}")
     forward = self_ensemble(net) if tta else net
     colours = 3 if C >= 3 else 1
     out = np.empty((s * H, s * W, C), pixels.dtype)
     peak = float(_max_value(pixels.dtype))
 
-    def super_resolve(channels: np.ndarray, target: slice) -> None:
-        x = channels.astype(np.float32).transpose(2, 0, 1) / np.float32(peak)  # (3 or 1, H, W)
-        if x.shape[0] == 1:
-            x = np.repeat(x, 3, axis=0)  # grey -> three equal channels
+    def super_resolve(channels: np.ndarray, first: int) -> None:
+        """Runs channels (H, W, 3 or 1) through the network into out[..., first : first + their count]."""
+        count = channels.shape[2]
+        x = channels.astype(np.float32).transpose(2, 0, 1) / np.float32(peak)  # (count, H, W)
+        x = np.repeat(x, 3, axis=0) if count == 1 else x  # grey -> three equal channels
 
-        def emit(row: np.ndarray | int, rows: np.ndarray) -> None:
-            v = rows if target.stop - target.start == 3 else rows.mean(axis=0, keepdims=True)
-            out[int(row) : int(row) + v.shape[1], :, target] = _to_int(v, pixels.dtype).transpose(1, 2, 0)
+        def emit(row: int, rows: np.ndarray) -> None:  # rows (3, n, sW) float32
+            v = rows if count == 3 else rows.mean(axis=0, keepdims=True)
+            out[row : row + v.shape[1], :, first : first + count] = _to_int(v, pixels.dtype).transpose(1, 2, 0)
 
         with _progress(progress, "tiles") as bar:
             run_tiled(x, forward, s, size, tile_overlap, emit, bar)
 
-    super_resolve(pixels[..., :colours], slice(0, colours))
+    super_resolve(pixels[..., :colours], 0)
     if C in (2, 4):
         a = pixels[..., colours]
         if a.min() == a.max():
             out[..., colours] = a[0, 0]  # constant alpha (usually opaque) stays exact
         elif alpha == "model":
-            super_resolve(pixels[..., colours:], slice(colours, colours + 1))
+            super_resolve(pixels[..., colours:], colours)
         else:
             up = _resize_channel(a / peak, (s * W, s * H), Image.Resampling.BICUBIC)
             out[..., colours] = _to_int(up, pixels.dtype)
     if outscale is not None and outscale != s:
-        if outscale <= 0:
-            raise ValueError(f"outscale must be positive, got {outscale}")
         size2 = (max(1, round(W * outscale)), max(1, round(H * outscale)))
         resized = np.empty((size2[1], size2[0], C), pixels.dtype)
         for c in range(C):
@@ -505,40 +506,28 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictur
         raise ImageError("is a folder")
     if path.stat().st_size == 0:
         raise ImageError("empty file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None  # checked below, against max_pixels, before decoding
-        try:
-            im = Image.open(path)
-        except Image.UnidentifiedImageError:
-            raise ImageError("not an image, or a format PIL cannot read") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-    with im:
+    with _open(path) as im:
         w, h = im.size
         if w * h > max_pixels:
             raise ImageError(f"{w}x{h} = {w * h} pixels is above the limit of {max_pixels} (raise --max-pixels)")
         if w < 2 or h < 2:
             raise ImageError(f"image is {w}x{h}: ESRT needs at least 2x2 pixels")
+        raw = _rawmode(im)  # before load(), which clears the tiles
         wide = _read_16bit_colour(path, im)
         try:
             im.load()
         except (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error) as exc:
             raise ImageError(f"cannot decode ({exc or type(exc).__name__})") from None
         pixels, icc = pil_to_pixels(im, wide)
+        if wide is None and im.mode == "RGBA" and raw == "LA;16B":
+            pixels = pixels[..., [0, 3]]  # 16-bit grey+alpha PNG, which PIL decodes to 8-bit RGBA: back to LA
     return Picture(pixels, icc)
 
 
 def _read_16bit_colour(path: Path, im: ImageFile.ImageFile) -> np.ndarray | None:
     """16-bit RGB(A) PNG/TIFF pixels, which PIL decodes to 8 bits: decoded twice, for the high and low bytes."""
-    if im.mode not in ("RGB", "RGBA") or not im.tile:
-        return None
-    rawmodes = {t.args if isinstance(t.args, str) else t.args[0] if t.args else None for t in im.tile}
-    if len(rawmodes) != 1:
-        return None
-    raw = rawmodes.pop()
-    if not isinstance(raw, str) or raw[:-1] != im.mode + ";16" or raw[-1] not in "BLN":
+    raw = _rawmode(im)
+    if im.mode not in ("RGB", "RGBA") or raw is None or raw[:-1] != im.mode + ";16" or raw[-1] not in "BLN":
         return None
     order = raw[-1] if raw[-1] != "N" else ("L" if sys.byteorder == "little" else "B")
     high = _decode_as(path, im.mode + ";16" + order)  # the unpacker keeps the most significant byte
@@ -546,8 +535,29 @@ def _read_16bit_colour(path: Path, im: ImageFile.ImageFile) -> np.ndarray | None
     return (high.astype(np.uint16) << 8) | low
 
 
+def _open(path: Path) -> ImageFile.ImageFile:
+    """Image.open without PIL's own pixel limit: read_image checks max_pixels itself, before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        except Image.UnidentifiedImageError:
+            raise ImageError("not an image, or a format PIL cannot read") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _rawmode(im: ImageFile.ImageFile) -> str | None:
+    """The raw mode of the decoder (the same for every tile), or None."""
+    rawmodes = {t.args if isinstance(t.args, str) else t.args[0] if t.args else None for t in im.tile}
+    raw = rawmodes.pop() if len(rawmodes) == 1 else None
+    return raw if isinstance(raw, str) else None
+
+
 def _decode_as(path: Path, rawmode: str) -> np.ndarray:
-    with Image.open(path) as im:
+    with _open(path) as im:
         im.tile = [t._replace(args=rawmode if isinstance(t.args, str) else (rawmode, *t.args[1:])) for t in im.tile]
         try:
             im.load()
@@ -669,7 +679,7 @@ def collect_inputs(items: list[str], recursive: bool) -> tuple[list[tuple[Path, 
                 errors.append(f"{item}: no images found" + ("" if recursive else " (--recursive looks deeper)"))
         elif glob.has_magic(item):
             files = sorted(Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file())
-            found += [(p, Path(p.stem)) for p in files if _is_image_name(p)]
+            found += [(p, Path(p.stem)) for p in files if _is_image_name(Path(p.name))]
             if not files:
                 errors.append(f"{item}: no file matches")
         else:
@@ -731,6 +741,7 @@ def main_upscale(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     inputs, errors = collect_inputs(list(args.inputs), args.recursive)
     tag = f"{args.outscale:g}" if args.outscale else str(args.scale or "")
+    tile = _parse_tile(args.tile)
     try:
         net = _cli_upscaler(args)
     except ImportError as exc:  # an optional dependency (onnxruntime) is missing
@@ -742,7 +753,7 @@ def main_upscale(args: argparse.Namespace) -> int:
     for line in errors:
         print(f"esrt upscale: {line}", file=sys.stderr)
     failed, written, skipped = len(errors), 0, 0
-    tile = _tile_size(_parse_tile(args.tile), args.tile_overlap, net.scale)  # checked once, before any image
+    tile = _tile_size(tile, args.tile_overlap, net.scale)  # checked once, before any image
     with tqdm(jobs, desc="upscale", unit="img", disable=None) as bar:
         for job in bar:
             if job.target.exists() and not args.overwrite:

@@ -50,6 +50,7 @@ async function loadConfig() {
 
 async function upload(file) {
   clearError();
+  $("result").hidden = true; // the page shows one image: the new one, or its error
   lastFile = file;
   $("again").disabled = false;
   if (!config) {
@@ -67,7 +68,7 @@ async function upload(file) {
   form.append("tta", $("tta").checked ? "true" : "false");
   currentJob = null;
   setState("uploading");
-  showStatus(0, `Uploading ${file.name}…`);
+  showStatus(null, `Uploading ${file.name}…`);
   let response, body;
   try {
     response = await fetch("/api/jobs", { method: "POST", body: form });
@@ -90,7 +91,8 @@ async function upload(file) {
 
 function showStatus(progress, text) {
   $("status").hidden = false;
-  $("progress").value = progress;
+  if (progress === null) $("progress").removeAttribute("value"); // indeterminate: busy, amount unknown
+  else $("progress").value = progress;
   $("status-text").textContent = text;
 }
 
@@ -102,7 +104,8 @@ function track(job) {
     showStatus(0, `${what}: waiting, ${job.ahead} image${job.ahead === 1 ? "" : "s"} ahead`);
   } else if (job.state === "running") {
     const pct = Math.floor(job.progress * 100);
-    showStatus(job.progress, `${what}: ${job.message === "saving" ? "saving" : "upscaling"}… ${pct}%`);
+    const doing = job.message === "saving" ? "saving" : "upscaling";
+    showStatus(job.progress > 0 ? job.progress : null, `${what}: ${doing}…${job.progress > 0 ? ` ${pct}%` : ""}`);
   } else if (job.state === "error") {
     showError(`${job.name}: ${job.message}`);
     return;
@@ -146,7 +149,9 @@ async function showResult(job) {
   }
   if (job.id !== currentJob) return;
   const [w, h] = job.output_size;
-  const width = Math.min($("result").clientWidth || w, Math.max(w, 512)); // small results are shown larger
+  $("result").hidden = false;
+  // small results are shown larger; the whole picture fits in the window
+  const width = Math.min($("result").clientWidth, Math.max(w, 512), (0.75 * window.innerHeight * w) / h);
   $("compare").style.width = `${width}px`;
   $("compare").style.aspectRatio = `${w} / ${h}`;
   $("after-tag").textContent = `ESRT ×${job.scale}`;
@@ -154,8 +159,8 @@ async function showResult(job) {
   download.href = job.download_url;
   download.download = job.download_name;
   $("result-info").textContent =
-    `${job.input_size.join("×")} → ${job.output_size.join("×")} · ${job.precision}${job.tta ? " + TTA" : ""} · ${job.seconds} s`;
-  $("result").hidden = false;
+    `${job.name}: ${job.input_size.join("×")} → ${job.output_size.join("×")} · ${job.precision}` +
+    `${job.tta ? " + TTA" : ""} · ${job.seconds} s`;
   $("status").hidden = true;
   setSlider(Number($("slider").value));
   setState("done");
