@@ -125,17 +125,22 @@ def validate(model: nn.Module, images: list[tuple[str, np.ndarray, np.ndarray]],
 
 
 class EMA:
-    """Exponential moving average of a model's weights (float32), updated after every step."""
+    """Exponential moving average of a model's weights (float32), updated after every step.
+
+    The decay ramps up as min(decay, (1 + t) / (10 + t)), so that short runs are not dominated by the
+    initial weights.
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, iteration: int) -> None:
+        decay = min(self.decay, (1 + iteration) / (10 + iteration))
         ema = list(self.model.state_dict().values())
         cur = list(model.state_dict().values())
-        torch._foreach_lerp_(ema, cur, 1 - self.decay)
+        torch._foreach_lerp_(ema, cur, 1 - decay)
 
 
 class _StopFlag:
@@ -235,6 +240,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         worker_init_fn=lambda _: torch.set_num_threads(1),
         prefetch_factor=2 if config.workers > 0 else None,
     )
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -260,7 +267,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             lr_batch, hr_batch = next(batches)
-            lr_batch, hr_batch = lr_batch.to(device), hr_batch.to(device)
+            lr_batch = lr_batch.to(device, memory_format=memory_format)
+            hr_batch = hr_batch.to(device)
             with autocast:
                 sr = step_model(lr_batch)
             loss = F.l1_loss(sr.float(), hr_batch)
@@ -268,7 +276,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             loss.backward()
             optimizer.step()
             if ema is not None:
-                ema.update(model)
+                ema.update(model, it)
             it += 1
             loss_sum += loss.item()
             loss_count += 1
