@@ -166,7 +166,8 @@ def make_esrt_runner(
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
 
     def run(lr: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(lr)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, h, w)
+        pixels = np.array(lr, dtype=np.uint8, copy=True)  # writable: torch.from_numpy warns on read-only arrays
+        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, h, w)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             sr = forward_chop(model, x) if chop else model(x)  # (1, 3, sh, sw)
         sr = sr.float().clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -334,7 +334,7 @@ def _export(model: nn.Module, path: Path, config: TrainConfig, iteration: int, p
     assert isinstance(model, ESRT)
     meta = {
         "iterations": iteration,
-        "data": [Path(d).name for d in config.data],
+        "data": [Path(d).parent.name if Path(d).name == "HR" else Path(d).name for d in config.data],
         "date": time.strftime("%Y-%m-%d"),
         "val_psnr": None if math.isnan(psnr) else round(psnr, 4),
         "val_set": Path(config.val_dir).name if config.val_dir else "",

@@ -1,0 +1,168 @@
+"""Benchmark of whole-image inference (issue 3): ESRT x4, random weights, one LR image, no tiling.
+
+Prints JSON: seconds (median of --runs forward passes after one warm-up) and peak resident memory (MiB,
+ru_maxrss of a fresh subprocess per measurement, so the numbers include Python and torch) for
+- plain_sdpa_fp32: the baseline - the model with each feature-split chunk sent to scaled_dot_product_attention
+  one chunk at a time (PLAIN_ATTENTION below), NCHW fp32, default allocator: no other optimisation;
+- fp32: the package's fp32 inference path (esrt.speed.prepare_for_inference(model, "fp32"));
+- bf16: the fast path (prepare_for_inference(model, "bf16") + bf16 autocast) - on CPUs with AMX only,
+  elsewhere esrt.speed.fast_precision() picks fp32 and this row says so;
+- naive_fp32 at --naive-size (160x90): the explicit softmax(QK^T)V oracle, which materialises each chunk's
+  attention matrix (the reference code's memory behaviour).
+fp32 and bf16 outputs are compared with the baseline's (max abs difference). With --weights (trained
+weights, e.g. training/x4/last.safetensors) it also scores Set5 Y-PSNR in fp32 and bf16.
+
+    python bench/infer.py                       # LR 320x180, about 2 minutes on 2 cores
+    python bench/infer.py --weights W.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ("plain_sdpa_fp32", "fp32", "bf16", "naive_fp32")
+
+
+def peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def plain_feature_split_attention(q, k, v, splits=4, naive=False):  # type: ignore[no-untyped-def]
+    """The baseline: scaled_dot_product_attention called once per chunk (and for the N % 4 remainder)."""
+    import torch
+    import torch.nn.functional as F
+
+    from esrt.model import ATTENTION_SCALE
+
+    N = q.shape[2]
+    size = N // splits
+    bounds = [(i * size, (i + 1) * size) for i in range(splits)] + ([(splits * size, N)] if N % splits else [])
+    out = [
+        F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=ATTENTION_SCALE)
+        for a, b in bounds
+    ]  # each (B, heads, b - a, d)
+    return torch.cat(out, dim=2)  # (B, heads, N, d)
+
+
+def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str, object]:
+    import numpy as np
+    import torch
+
+    import esrt.model
+    from esrt import ESRT, speed
+
+    if threads:
+        torch.set_num_threads(threads)
+    width, height = (int(v) for v in size.lower().split("x"))
+    torch.manual_seed(0)
+    model = ESRT(4).eval()
+    x = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+    precision = "fp32"
+    if mode == "plain_sdpa_fp32":
+        esrt.model.feature_split_attention = plain_feature_split_attention  # type: ignore[assignment]
+    elif mode == "naive_fp32":
+        esrt.model.set_naive_attention(model, True)
+    else:
+        precision = speed.fast_precision() if mode == "bf16" else "fp32"
+        speed.prepare_for_inference(model, precision)
+        x = speed.to_input(x)
+    times, cpu_times, out = [], [], x
+    with torch.inference_mode(), speed.autocast(precision):
+        for i in range(runs + 1):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            out = model(x)
+            if i:
+                times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
+    if save:
+        np.save(save, out.float().numpy())
+    return {
+        "mode": mode,
+        "precision": precision,
+        "size": size,
+        "seconds": round(statistics.median(times), 3),
+        "samples": [round(t, 3) for t in times],
+        "cpu_seconds": round(statistics.median(cpu_times), 3),  # robust with --threads 1 on a busy machine
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def set5_psnr(weights: str) -> dict[str, float]:
+    from esrt.evaluate import evaluate
+
+    result = {}
+    for precision in ("fp32", "bf16"):
+        scores = evaluate(["Set5"], 4, weights=weights, precision=precision, progress=False)  # type: ignore[arg-type]
+        result[precision] = round(statistics.mean(s.psnr for s in scores[0].images), 4)
+    result["difference_db"] = round(result["bf16"] - result["fp32"], 4)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", default="320x180", help="LR WIDTHxHEIGHT")
+    parser.add_argument("--naive-size", default="160x90", help="LR size for the naive baseline ('' = skip)")
+    parser.add_argument("--runs", type=int, default=2, help="timed forward passes per mode (after a warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    parser.add_argument("--weights", default="", help="trained x4 weights: also compare Set5 PSNR fp32 vs bf16")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-size", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.worker_size, args.runs, args.threads, args.save)))
+        return
+
+    import numpy as np
+
+    from esrt import speed
+
+    results: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in args.modes.split(","):
+            size = args.naive_size if mode == "naive_fp32" else args.size
+            if not size:
+                continue
+            save = str(Path(tmp) / f"{mode}.npy") if mode != "naive_fp32" else ""
+            cmd = [sys.executable, __file__, "--worker", mode, "--worker-size", size, "--runs", str(args.runs)]
+            cmd += ["--threads", str(args.threads), "--save", save]
+            out = subprocess.check_output(cmd, text=True)
+            results[mode] = json.loads(out.strip().splitlines()[-1])
+        if "plain_sdpa_fp32" in results:
+            base = np.load(Path(tmp) / "plain_sdpa_fp32.npy")
+            for mode in ("fp32", "bf16"):
+                if mode in results:
+                    diff = float(np.abs(np.load(Path(tmp) / f"{mode}.npy") - base).max())
+                    results[mode]["max_abs_diff_vs_plain"] = diff
+                    for key in ("seconds", "cpu_seconds"):
+                        plain, fast = results["plain_sdpa_fp32"][key], results[mode][key]
+                        results[mode][f"{key}_speedup_vs_plain_sdpa_fp32"] = round(float(plain) / float(fast), 2)  # type: ignore[arg-type]
+    report: dict[str, object] = {
+        "benchmark": f"x4 inference, random weights, LR {args.size}, whole image",
+        "command": "python " + " ".join(sys.argv),
+        "torch": __import__("torch").__version__,
+        "amx": speed.has_amx(),
+        "loadavg_at_start_end": None,
+        "results": results,
+    }
+    if args.weights:
+        report["set5_psnr_y"] = set5_psnr(args.weights)
+    report["loadavg_at_start_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

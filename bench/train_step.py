@@ -1,0 +1,180 @@
+"""Benchmark of one training step: ESRT x4, batch 16, LR patch 48x48, L1 loss, Adam; forward + backward + step.
+
+Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up excluded) for
+- fp32_plain: the straightforward step (NCHW, torch.optim.Adam, no autocast) - the reference for the ratios;
+- bf16_plain: the same with torch.autocast("cpu", dtype=torch.bfloat16);
+- the settings of esrt.speed one by one (channels-last, malloc tuning, ARFB compile, fused Adam),
+  ending with fp32_fast and bf16_fast = esrt.speed.prepare_for_training + make_optimizer, what train.py uses.
+Every configuration runs in its own subprocess (malloc tuning is process-wide); the configurations are
+run round-robin `--rounds` times so that a load change on a shared machine hits all of them alike.
+
+    python bench/train_step.py                 # about 5 minutes on 2 cores
+    python bench/train_step.py --quick         # fp32_plain, bf16_plain, bf16_fast only
+    python bench/train_step.py --full-compile  # also whole-model torch.compile (slower; compiles ~5 min)
+
+Why these settings (torch.profiler, bf16 step, 2 cores with AMX): the CPU bf16 flash-attention backward at
+head width 18 took 35% of the step (fp32 attention is 4x faster there; model.py runs it in fp32); glibc
+page faults ~600k pages per step (15-20%); the learnable scalars, PReLU and CA of the ARFBs are ~660 small
+elementwise kernels in eager mode that torch.compile fuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import NamedTuple
+
+
+class Config(NamedTuple):
+    precision: str  # "fp32" or "bf16" (autocast)
+    channels_last: bool
+    malloc: bool  # esrt.speed.tune_malloc()
+    compile: str  # "none", "blocks" (the ARFBs, as esrt.speed does) or "model" (whole-model torch.compile)
+    fused: bool  # fused Adam
+
+
+CONFIGS = {
+    "fp32_plain": Config("fp32", False, False, "none", False),
+    "bf16_plain": Config("bf16", False, False, "none", False),
+    "bf16_channels_last": Config("bf16", True, False, "none", False),
+    "bf16_channels_last_malloc": Config("bf16", True, True, "none", False),
+    "bf16_channels_last_malloc_compile": Config("bf16", True, True, "blocks", False),
+    "fp32_fast": Config("fp32", True, True, "blocks", True),  # esrt.speed, fp32
+    "bf16_fast": Config("bf16", True, True, "blocks", True),  # esrt.speed, bf16: what train.py uses
+    "bf16_full_compile": Config("bf16", True, True, "model", True),
+}
+QUICK = ["fp32_plain", "bf16_plain", "bf16_fast"]
+
+
+def worker(name: str, steps: int, warmup: int, batch: int, patch: int, threads: int) -> dict[str, object]:
+    """Runs one configuration in this process and returns its timings."""
+    import torch
+    import torch.nn.functional as F
+
+    from esrt import ESRT, speed
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = CONFIGS[name]
+    torch.manual_seed(0)
+    model = ESRT(4)
+    precision = cfg.precision
+    step_model: torch.nn.Module = model
+    if cfg.compile == "blocks" or cfg.malloc or cfg.channels_last:
+        step_model = speed.prepare_for_training(
+            model, precision, compile_blocks=cfg.compile == "blocks", channels_last=cfg.channels_last, malloc=cfg.malloc
+        )
+    if cfg.compile == "model":
+        step_model = torch.compile(step_model)  # type: ignore[assignment]
+    if cfg.fused:
+        optimizer = speed.make_optimizer(model.parameters(), lr=2e-4)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
+    g = torch.Generator().manual_seed(1)
+    lr = torch.rand(batch, 3, patch, patch, generator=g)
+    hr = torch.rand(batch, 3, 4 * patch, 4 * patch, generator=g)
+    if cfg.channels_last:
+        lr = speed.to_input(lr)
+
+    def step() -> float:
+        with speed.autocast(precision):
+            sr = step_model(lr)
+        loss = F.l1_loss(sr.float(), hr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warm = time.perf_counter() - t0
+    times, cpu_times = [], []
+    for _ in range(steps):
+        t, c = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
+    return {"name": name, "times": times, "cpu_times": cpu_times, "warmup_s": warm, "threads": torch.get_num_threads()}
+
+
+def environment() -> dict[str, object]:
+    import torch
+
+    flags = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx": "amx_bf16" in flags.split(),
+        "cores": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
+    parser.add_argument("--full-compile", action="store_true", help="also whole-model torch.compile")
+    parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds over the configurations")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (include compilation)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, args.warmup, args.batch, args.patch, args.threads)))
+        return
+
+    names = QUICK if args.quick else [n for n in CONFIGS if n != "bf16_full_compile"]
+    if args.configs:
+        names = args.configs.split(",")
+    if args.full_compile and "bf16_full_compile" not in names:
+        names.append("bf16_full_compile")
+    env = environment()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    cpu_samples: dict[str, list[float]] = {n: [] for n in names}
+    warmups: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for name in names:
+            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            cmd += ["--batch", str(args.batch), "--patch", str(args.patch), "--threads", str(args.threads)]
+            out = subprocess.check_output(cmd, text=True)
+            result = json.loads(out.strip().splitlines()[-1])
+            samples[name] += result["times"]
+            cpu_samples[name] += result["cpu_times"]
+            warmups[name].append(round(result["warmup_s"], 1))
+            env["threads"] = result["threads"]
+    base = statistics.median(samples[names[0]])
+    report = {
+        "benchmark": f"train step: ESRT x4, batch {args.batch}, LR patch {args.patch}, L1, Adam (fwd+bwd+step)",
+        "command": "python " + " ".join(sys.argv),
+        "environment": env,
+        "seconds_per_iteration": {n: round(statistics.median(samples[n]), 3) for n in names},
+        f"speedup_vs_{names[0]}": {n: round(base / statistics.median(samples[n]), 2) for n in names},
+        "min_seconds": {n: round(min(samples[n]), 3) for n in names},
+        # CPU seconds of the process per step: with --threads 1 on a busy machine, the robust measure
+        "cpu_seconds_per_iteration": {n: round(statistics.median(cpu_samples[n]), 3) for n in names},
+        f"cpu_speedup_vs_{names[0]}": {
+            n: round(statistics.median(cpu_samples[names[0]]) / statistics.median(cpu_samples[n]), 2) for n in names
+        },
+        "warmup_seconds_incl_compile": warmups,
+        "samples": {n: [round(t, 3) for t in samples[n]] for n in names},
+        "loadavg_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Tests of esrt.speed: the speed settings keep the maths (same outputs, gradients and updates)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esrt import ESRT, speed
+from esrt.model import EMHA
+
+
+def _model(scale: int = 2) -> ESRT:
+    torch.manual_seed(0)
+    return ESRT(scale)
+
+
+def test_sharing_copy_shares_parameters_and_gradients() -> None:
+    model = _model()
+    twin = speed._sharing_copy(model)
+    assert twin is not model
+    assert all(a is b for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    x = torch.rand(2, 3, 8, 10)
+    twin(x).abs().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_prepare_for_training_compiled_step_matches_eager() -> None:
+    model = _model()
+    reference = copy.deepcopy(model)
+    step_model = speed.prepare_for_training(model, "fp32", malloc=False)
+    assert any(isinstance(m, EMHA) for m in step_model.modules())
+    x, y = torch.rand(2, 3, 12, 10), torch.rand(2, 3, 24, 20)
+    F.l1_loss(step_model(speed.to_input(x)), y).backward()
+    F.l1_loss(reference(x), y).backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+    # model itself stays plain eager code: its deepcopy (EMA) runs its own weights
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        ema.head.weight.add_(1.0)
+        assert not torch.allclose(ema(x), model(x))
+
+
+def test_fused_adam_equals_plain_adam() -> None:
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 7)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused, plain = speed.make_optimizer(params, lr=1e-2), torch.optim.Adam(twins, lr=1e-2)
+    for step in range(5):
+        for p, q in zip(params, twins, strict=True):
+            grad = torch.randn_like(p, generator=torch.Generator().manual_seed(step))
+            p.grad, q.grad = grad.clone(), grad.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins, strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_prepare_for_inference_fp32_is_exact_and_bf16_close() -> None:
+    model = _model(4).eval()
+    x = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        ref = model(x)
+        fast = speed.prepare_for_inference(model, "fp32", malloc=False)(speed.to_input(x))
+        assert (fast - ref).abs().max().item() <= 1e-5
+        speed.prepare_for_inference(model, "bf16", malloc=False)
+        assert not any(m.fp32_attention for m in model.modules() if isinstance(m, EMHA))
+        with speed.autocast("bf16"):
+            low = model(speed.to_input(x)).float()
+    assert (low - ref).abs().mean().item() < 5e-3
+
+
+def test_settings_validate_and_report() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        speed.autocast("fp16")
+    with pytest.raises(ValueError, match="precision"):
+        speed.prepare_for_training(_model(), "fp16", compile_blocks=False, malloc=False)
+    assert isinstance(speed.tune_malloc(), bool)
+    assert speed.fast_precision() in speed.PRECISIONS
+    assert speed.to_input(torch.rand(1, 3, 4, 5)).is_contiguous(memory_format=torch.channels_last)
