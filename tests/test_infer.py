@@ -387,7 +387,7 @@ def test_cli_keeps_icc_16bit_and_alpha(tmp_path: Path, weights: Path) -> None:
 
 def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     Image.fromarray(smooth(6, 7)).save(tmp_path / "a.png")
-    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path)]) == 1  # no shipped weights yet
+    assert main(["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path), "--scale", "2"]) == 1  # not shipped yet
     assert main(["upscale", str(tmp_path / "a.png"), "--backend", "onnx"]) == 1
     assert main(["upscale", str(tmp_path / "a.png"), "--tile", "big"]) == 1
     err = capsys.readouterr().err

@@ -27,6 +27,22 @@ def test_sharing_copy_shares_parameters_and_gradients() -> None:
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_folded_sub_pixel_convs_are_the_same_function(scale: int) -> None:
+    model = _model(scale)
+    keys = list(model.state_dict())
+    folded = speed.fold_sub_pixel_convs(copy.deepcopy(model))
+    assert list(folded.state_dict()) == keys
+    x = torch.rand(2, 3, 7, 9)
+    ref, out = model(x), folded(x)
+    assert (out - ref).abs().max().item() <= 1e-5
+    ref.abs().mean().backward()
+    out.abs().mean().backward()
+    for p, q in zip(model.parameters(), folded.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_prepare_for_training_compiled_step_matches_eager() -> None:
     model = _model()
     reference = copy.deepcopy(model)

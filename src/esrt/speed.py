@@ -1,7 +1,8 @@
-"""Training speed on CPU: malloc tuning, bf16 autocast, channels-last, torch.compile of the ARFBs, fused Adam.
+"""CPU speed settings for training and inference: malloc tuning, bf16 autocast, channels-last, partial
+torch.compile, fused Adam, and the last sub-pixel convolution computed before its PixelShuffle.
 
-None of these changes the maths of a training step (bf16 autocast aside, which is the documented precision
-option). Each one is measured by bench/train_step.py; the reasons, with profile numbers, are in its docstring.
+None of these changes the maths (bf16 autocast aside, the documented precision option): outputs match the
+plain model within float rounding (tests/test_speed.py). Measured by bench/train_step.py and bench/infer.py.
 
 Use::
 
@@ -22,9 +23,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from esrt.model import ARFB, EMHA
+from esrt.model import ARFB, EMHA, ESRT, ET
 
 PRECISIONS = ("fp32", "bf16")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
@@ -87,6 +89,93 @@ def make_optimizer(
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
 
 
+def _folded_index(out_channels: int, in_channels: int, r: int) -> torch.Tensor:
+    """Where each weight of a 3x3 conv applied after PixelShuffle(r) goes in the equivalent 3x3 conv before it.
+
+    conv3x3(pixel_shuffle(u, r), w) == pixel_shuffle(conv3x3(u, w'), r), with w' of shape
+    (out * r * r, in * r * r, 3, 3) and w' = cat([w.flatten(), 0])[index]: output channel o*r*r + i*r + j
+    (sub-pixel i, j) reads input channel c*r*r + i2*r + j2 at low-resolution offset (ky, kx) - 1.
+    """
+    zero = out_channels * in_channels * 9  # the appended 0
+    index = torch.full((out_channels, r, r, in_channels, r, r, 3, 3), zero, dtype=torch.long)
+    source = (torch.arange(out_channels)[:, None] * in_channels + torch.arange(in_channels)[None]) * 9  # (o, c)
+    for i in range(r):
+        for dy in range(3):
+            ky, i2 = divmod(i + dy - 1, r)  # high-res row 2y+i+dy-1 is low-res row y+ky, sub-row i2
+            for j in range(r):
+                for dx in range(3):
+                    kx, j2 = divmod(j + dx - 1, r)
+                    index[:, i, j, :, i2, j2, ky + 1, kx + 1] = source + dy * 3 + dx
+    return index.reshape(out_channels * r * r, in_channels * r * r, 3, 3)
+
+
+class _SubPixelFolded(nn.Sequential):
+    """ESRT's tail or skip branch, Sequential(Upsampler, Conv3x3[, ReLU]), computing the same function with the
+    Conv3x3 moved in front of the Upsampler's last PixelShuffle (weights re-indexed, see _folded_index).
+
+    Same children, so the same parameters and state_dict keys. The conv then runs at half the output size on
+    4x the channels, and the (B, 32, sH, sW) high-resolution map and its PixelShuffle (and, in training,
+    the pixel_unshuffle of the backward) disappear: the branches cost less and peak memory drops.
+    """
+
+    r: int
+    index: torch.Tensor
+
+    def __init__(self, branch: nn.Sequential) -> None:
+        super().__init__(*branch)
+        upsampler, conv = self._parts()
+        shuffle = upsampler[-1]
+        assert isinstance(shuffle, nn.PixelShuffle) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+        self.r = shuffle.upscale_factor
+        index = _folded_index(conv.out_channels, conv.in_channels, self.r)
+        self.register_buffer("index", index, persistent=False)
+
+    def _parts(self) -> tuple[nn.Sequential, nn.Conv2d]:
+        upsampler, conv = self[0], self[1]
+        assert isinstance(upsampler, nn.Sequential) and isinstance(conv, nn.Conv2d)
+        return upsampler, conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        upsampler, conv = self._parts()
+        for layer in list(upsampler)[:-1]:  # every step but the last PixelShuffle
+            x = layer(x)
+        w = conv.weight
+        weight = torch.cat([w.reshape(-1), w.new_zeros(1)])[self.index]  # (out * r * r, in * r * r, 3, 3)
+        bias = None if conv.bias is None else conv.bias.repeat_interleave(self.r * self.r)
+        y = F.conv2d(x, weight, bias, padding=1)  # (B, out * r * r, sH / r, sW / r)
+        for layer in list(self)[2:]:  # the skip branch's ReLU (elementwise: commutes with PixelShuffle)
+            y = layer(y)
+        return F.pixel_shuffle(y, self.r)  # (B, out, sH, sW)
+
+
+def fold_sub_pixel_convs(model: ESRT) -> ESRT:
+    """Replaces model.tail and model.skip in place by _SubPixelFolded equivalents; returns model."""
+    if not isinstance(model.tail, _SubPixelFolded):
+        model.tail = _SubPixelFolded(model.tail)
+    if not isinstance(model.skip, _SubPixelFolded):
+        model.skip = _SubPixelFolded(model.skip)
+    return model
+
+
+class _CompiledTokensET(nn.Module):
+    """Wraps an ET (training twin only): the same unfold -> transformer layer -> fold, with the token-space part
+    (LayerNorms, EMHA, MLP, residuals and their autocast casts) under torch.compile, which fuses it."""
+
+    def __init__(self, et: ET) -> None:
+        super().__init__()
+        self.et = et
+        self.tokens = torch.compile(self._tokens, dynamic=False)
+
+    def _tokens(self, t: torch.Tensor) -> torch.Tensor:
+        t = t + self.et.emha(self.et.norm1(t))
+        return t + self.et.mlp(self.et.norm2(t))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        t = F.unfold(x, 3, padding=1).transpose(1, 2)  # (B, N, 288), as ET.forward
+        return F.fold(self.tokens(t).transpose(1, 2), (H, W), 3, padding=1)  # (B, 32, H, W)
+
+
 def _sharing_copy(model: nn.Module) -> nn.Module:
     """A structural copy of model whose parameters and buffers are model's own tensors (not copies)."""
     twin = copy.deepcopy(model)
@@ -111,9 +200,10 @@ def prepare_for_training(
     - model is converted to channels-last in place (feed it `to_input(batch)`); note that its conv weights
       are then not contiguous: `.contiguous()` them before safetensors.save_file;
     - with compile_blocks, the returned module is a twin of model that shares model's parameter tensors
-      (gradients and optimizer updates land in model) and whose ARFBs are torch.compile'd (about 10 s on
-      the first step). model itself stays plain eager code: deepcopy it (EMA), validate, export and save
-      it as usual. Without compile_blocks, model itself is returned;
+      (gradients and optimizer updates land in model) and whose ARFBs and ET token layer are
+      torch.compile'd (10-60 s on the first step), with the sub-pixel convs folded (fold_sub_pixel_convs).
+      model itself stays plain eager code: deepcopy it (EMA), validate, export and save it as usual.
+      Without compile_blocks, model itself is returned;
     - tune_malloc() when malloc is true (process-wide).
 
     The whole-model torch.compile is deliberately not used: inductor turns unfold/fold, pixel_shuffle and
@@ -133,11 +223,15 @@ def prepare_for_training(
     for module in twin.modules():
         if isinstance(module, ARFB):
             module.compile(dynamic=False)
+    if isinstance(twin, ESRT):
+        fold_sub_pixel_convs(twin)
+        twin.ltb.et = _CompiledTokensET(twin.ltb.et)  # type: ignore[assignment]
     return twin
 
 
-def prepare_for_inference(model: nn.Module, precision: str = "fp32", *, malloc: bool = True) -> nn.Module:
-    """Sets model up in place for fast CPU inference and returns it (eval mode, channels-last).
+def prepare_for_inference(model: ESRT, precision: str = "fp32", *, malloc: bool = True) -> ESRT:
+    """Sets model up in place for fast CPU inference and returns it: eval mode, channels-last, sub-pixel convs
+    folded (same parameters and state_dict keys).
 
     precision "fp32" gives the same output as the plain model (within 1e-5); "bf16" (run the forward under
     autocast("bf16")) also computes the attention in bf16, ~1.5x faster than fp32 there with AMX units.
@@ -147,7 +241,7 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", *, malloc: 
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if malloc:
         tune_malloc()
-    model.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    fold_sub_pixel_convs(model.eval()).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for module in model.modules():
         if isinstance(module, EMHA):
             module.fp32_attention = precision == "fp32"
