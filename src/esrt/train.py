@@ -86,9 +86,7 @@ def warm_start(model: ESRT, path: str | Path) -> list[str]:
     source = load_checkpoint(path).state_dict()
     own = model.state_dict()
     skipped = [
-        k
-        for k in own
-        if k.startswith(("tail.0.", "skip.0.")) or k not in source or source[k].shape != own[k].shape
+        k for k in own if k.startswith(("tail.0.", "skip.0.")) or k not in source or source[k].shape != own[k].shape
     ]
     model.load_state_dict({k: (own[k] if k in skipped else source[k]) for k in own})
     return skipped
