@@ -5,12 +5,14 @@ ru_maxrss of a fresh subprocess per measurement, so the numbers include Python a
 - plain_sdpa_fp32: the baseline - the model with each feature-split chunk sent to scaled_dot_product_attention
   one chunk at a time (PLAIN_ATTENTION below), NCHW fp32, default allocator: no other optimisation;
 - fp32: the package's fp32 inference path (esrt.speed.prepare_for_inference(model, "fp32"));
-- bf16: the fast path (prepare_for_inference(model, "bf16") + bf16 autocast) - on CPUs with AMX only,
-  elsewhere esrt.speed.fast_precision() picks fp32 and this row says so;
+- bf16: prepare_for_inference(model, "bf16") + bf16 autocast (attention in bf16 too);
+- fast: the fast mode (`esrt upscale --fast`): blocked attention with chunks of at most
+  esrt.speed.FAST_MAX_CHUNK tokens, in esrt.speed.fast_precision() (bf16 with AMX, else fp32);
 - naive_fp32 at --naive-size (160x90): the explicit softmax(QK^T)V oracle, which materialises each chunk's
   attention matrix (the reference code's memory behaviour).
-fp32 and bf16 outputs are compared with the baseline's (max abs difference). With --weights (trained
-weights, e.g. training/x4/last.safetensors) it also scores Set5 Y-PSNR in fp32 and bf16.
+Outputs are compared with the baseline's (max abs difference). With --weights (trained x4 weights, e.g.
+src/esrt/weights/esrt_x4.safetensors) it also scores Set5 Y-PSNR of the plain model and of the package's
+fp32, bf16 and fast paths, through esrt.evaluate.make_esrt_runner (what `esrt eval` runs).
 
     python bench/infer.py                       # LR 320x180, about 2 minutes on 2 cores
     python bench/infer.py --weights W.safetensors
@@ -29,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("plain_sdpa_fp32", "fp32", "bf16", "naive_fp32")
+MODES = ("plain_sdpa_fp32", "fp32", "bf16", "fast", "naive_fp32")
 
 
 def peak_rss_mib() -> float:
@@ -73,8 +75,8 @@ def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str
     elif mode == "naive_fp32":
         esrt.model.set_naive_attention(model, True)
     else:
-        precision = speed.fast_precision() if mode == "bf16" else "fp32"
-        speed.prepare_for_inference(model, precision)
+        precision = {"fp32": "fp32", "bf16": "bf16", "fast": speed.fast_precision()}[mode]
+        speed.prepare_for_inference(model, precision, max_chunk=speed.FAST_MAX_CHUNK if mode == "fast" else None)
         x = speed.to_input(x)
     times, cpu_times, out = [], [], x
     with torch.inference_mode(), speed.autocast(precision):
@@ -98,14 +100,42 @@ def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str
     }
 
 
-def set5_psnr(weights: str) -> dict[str, float]:
-    from esrt.evaluate import evaluate
+def set5_psnr(weights: str, threads: int) -> dict[str, float]:
+    """Set5 x4 Y-PSNR (the protocol of esrt.evaluate) of the plain model and of the package's paths."""
+    import numpy as np
+    import torch
 
+    from esrt import load_model, speed
+    from esrt.evaluate import default_data_root, load_lr, make_esrt_runner, modcrop, read_image, resolve_set
+    from esrt.metrics import psnr, rgb_to_y
+
+    if threads:
+        torch.set_num_threads(threads)
+    bench = resolve_set("Set5", 4, default_data_root())
+    images = []
+    for path in bench.hr_files:
+        hr = modcrop(read_image(path), 4, path)
+        images.append((hr, load_lr(bench, path, hr, 4)))
+
+    def plain(lr: np.ndarray) -> np.ndarray:  # the unprepared model, NCHW fp32
+        model = load_model(weights, scale=4)
+        x = torch.from_numpy(np.array(lr, dtype=np.float32)).permute(2, 0, 1)[None] / 255  # (1, 3, h, w)
+        with torch.inference_mode():
+            sr = model(x).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return sr[0].permute(1, 2, 0).numpy()
+
+    runners = {
+        "plain_fp32": plain,
+        "fp32": make_esrt_runner(load_model(weights, scale=4), precision="fp32"),
+        "bf16": make_esrt_runner(load_model(weights, scale=4), precision="bf16"),
+        "fast": make_esrt_runner(load_model(weights, scale=4), precision=speed.fast_precision(), fast=True),  # type: ignore[arg-type]
+    }
     result = {}
-    for precision in ("fp32", "bf16"):
-        scores = evaluate(["Set5"], 4, weights=weights, precision=precision, progress=False)  # type: ignore[arg-type]
-        result[precision] = round(statistics.mean(s.psnr for s in scores[0].images), 4)
-    result["difference_db"] = round(result["bf16"] - result["fp32"], 4)
+    for mode, run in runners.items():
+        scores = [psnr(rgb_to_y(run(lr)), rgb_to_y(hr), 4) for hr, lr in images]
+        result[mode] = round(statistics.mean(scores), 4)
+    for mode in ("bf16", "fast"):
+        result[f"{mode}_minus_fp32_db"] = round(result[mode] - result["fp32"], 4)
     return result
 
 
@@ -143,7 +173,7 @@ def main() -> None:
             results[mode] = json.loads(out.strip().splitlines()[-1])
         if "plain_sdpa_fp32" in results:
             base = np.load(Path(tmp) / "plain_sdpa_fp32.npy")
-            for mode in ("fp32", "bf16"):
+            for mode in ("fp32", "bf16", "fast"):
                 if mode in results:
                     diff = float(np.abs(np.load(Path(tmp) / f"{mode}.npy") - base).max())
                     results[mode]["max_abs_diff_vs_plain"] = diff
@@ -159,7 +189,7 @@ def main() -> None:
         "results": results,
     }
     if args.weights:
-        report["set5_psnr_y"] = set5_psnr(args.weights)
+        report["set5_psnr_y"] = set5_psnr(args.weights, args.threads)
     report["loadavg_at_start_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps(report, indent=2))
 

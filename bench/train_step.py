@@ -3,19 +3,29 @@
 Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up excluded) for
 - fp32_plain: the straightforward step (NCHW, torch.optim.Adam, no autocast) - the reference for the ratios;
 - bf16_plain: the same with torch.autocast("cpu", dtype=torch.bfloat16);
-- the settings of esrt.speed one by one (channels-last, malloc tuning, ARFB compile, fused Adam),
-  ending with fp32_fast and bf16_fast = esrt.speed.prepare_for_training + make_optimizer, what train.py uses.
+- esrt.speed's settings added one by one: channels-last, malloc tuning, then everything
+  (bf16_fast = esrt.speed.prepare_for_training + make_optimizer: + compiled ARFBs and ET token layer,
+  folded sub-pixel convs, fused Adam), and fp32_fast, the same in fp32.
 Every configuration runs in its own subprocess (malloc tuning is process-wide); the configurations are
 run round-robin `--rounds` times so that a load change on a shared machine hits all of them alike.
 
-    python bench/train_step.py                 # about 5 minutes on 2 cores
+    python bench/train_step.py                 # about 5 minutes on 2 idle cores
     python bench/train_step.py --quick         # fp32_plain, bf16_plain, bf16_fast only
     python bench/train_step.py --full-compile  # also whole-model torch.compile (slower; compiles ~5 min)
+    nice -n 19 python bench/train_step.py --threads 1   # next to a running training: see below
+
+It also reports CPU seconds per step (time.process_time). Next to another busy torch process (a training
+run) wall times mean little: two 2-thread OpenMP processes on 2 cores slow each other down ~8x. Then run it
+niced with --threads 1 and read the CPU seconds, which stay close to the single-thread work.
 
 Why these settings (torch.profiler, bf16 step, 2 cores with AMX): the CPU bf16 flash-attention backward at
 head width 18 took 35% of the step (fp32 attention is 4x faster there; model.py runs it in fp32); glibc
 page faults ~600k pages per step (15-20%); the learnable scalars, PReLU and CA of the ARFBs are ~660 small
-elementwise kernels in eager mode that torch.compile fuses.
+elementwise kernels in eager mode that torch.compile fuses; the ET's token tensors (16, 2304, 288) go through
+~14 autocast casts and mixed-dtype adds that compile fuses too; pixel_unshuffle (the backward of the last
+PixelShuffle, channels-last) and the 3x3 conv at 192x192 disappear when that conv is folded before the
+shuffle. Whole-model torch.compile is slower than these partial compiles: inductor turns unfold/fold,
+pixel_shuffle and the bilinear-upsampling backward into slow gather/scatter loops.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ class Config(NamedTuple):
     precision: str  # "fp32" or "bf16" (autocast)
     channels_last: bool
     malloc: bool  # esrt.speed.tune_malloc()
-    compile: str  # "none", "blocks" (the ARFBs, as esrt.speed does) or "model" (whole-model torch.compile)
+    compile: str  # "none", "blocks" (esrt.speed's training twin: compiled ARFBs and ET tokens, folded
+    # sub-pixel convs) or "model" (whole-model torch.compile, default inductor)
     fused: bool  # fused Adam
 
 
@@ -43,7 +54,6 @@ CONFIGS = {
     "bf16_plain": Config("bf16", False, False, "none", False),
     "bf16_channels_last": Config("bf16", True, False, "none", False),
     "bf16_channels_last_malloc": Config("bf16", True, True, "none", False),
-    "bf16_channels_last_malloc_compile": Config("bf16", True, True, "blocks", False),
     "fp32_fast": Config("fp32", True, True, "blocks", True),  # esrt.speed, fp32
     "bf16_fast": Config("bf16", True, True, "blocks", True),  # esrt.speed, bf16: what train.py uses
     "bf16_full_compile": Config("bf16", True, True, "model", True),

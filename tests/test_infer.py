@@ -230,6 +230,18 @@ def test_outscale_and_bf16(model: ESRT) -> None:
     assert bf16.shape == fp32.shape and np.abs(bf16.astype(int) - fp32).mean() < 8
 
 
+def test_fast_mode_is_close_and_leaves_the_model_alone(model: ESRT) -> None:
+    image = np.random.default_rng(5).integers(0, 256, (80, 64, 3), dtype=np.uint8)  # 4 chunks of 1280 > 1024
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    exact = upscale(image, model=model)
+    fast = upscale(image, model=model, fast=True)
+    assert exact.shape == fast.shape
+    difference = np.abs(exact.astype(int) - fast.astype(int))
+    assert 0 < difference.max() and difference.mean() < 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert type(model.tail).__name__ == "Sequential"  # the caller's model is not folded in place
+
+
 def test_tile_auto_and_errors(model: ESRT) -> None:
     a = smooth(6, 8)
     np.testing.assert_array_equal(upscale(a, model=model, tile="auto"), upscale(a, model=model))  # one tile

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from esrt import ESRT, forward_chop, load_model
-from esrt.model import EMHA, feature_split_attention, set_naive_attention
+from esrt.model import EMHA, blocked_attention, feature_split_attention, set_naive_attention
 
 from .conftest import OFFICIAL
 
@@ -59,6 +59,36 @@ def test_feature_split_chunks(n: int) -> None:
     for a, b in bounds:  # each chunk attends only to itself
         attn = torch.softmax(q[:, :, a:b] @ k[:, :, a:b].transpose(-2, -1) / 6, dim=-1)
         assert torch.allclose(out[:, :, a:b], attn @ v[:, :, a:b], atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "cap"), [(16, 4), (17, 4), (23, 5), (100, 7), (12, 12)])
+def test_blocked_attention_chunks(n: int, cap: int) -> None:
+    q, k, v = torch.randn(3, 2, 8, n, 18).unbind(0)
+    out = blocked_attention(q, k, v, cap)
+    oracle = blocked_attention(q, k, v, cap, naive=True)
+    assert torch.allclose(out, oracle, atol=1e-5)
+    chunks = -(-n // cap)
+    size, longer = divmod(n, chunks)
+    lengths = [size + 1] * longer + [size] * (chunks - longer)
+    assert sum(lengths) == n and max(lengths) <= cap
+    a = 0
+    for length in lengths:  # each chunk attends only to itself
+        b = a + length
+        attn = torch.softmax(q[:, :, a:b] @ k[:, :, a:b].transpose(-2, -1) / 6, dim=-1)
+        assert torch.allclose(out[:, :, a:b], attn @ v[:, :, a:b], atol=1e-5)
+        a = b
+
+
+def test_emha_max_chunk_only_acts_above_the_cap() -> None:
+    emha = EMHA().eval()
+    x = torch.randn(1, 64, 288)
+    with torch.no_grad():
+        reference = emha(x)  # chunks of 16 tokens
+        emha.max_chunk = 16
+        assert torch.equal(emha(x), reference)
+        emha.max_chunk = 8  # 8 chunks of 8: another function
+        blocked = emha(x)
+    assert not torch.allclose(blocked, reference, atol=1e-3)
 
 
 def test_no_attention_matrix_is_materialised() -> None:

@@ -36,7 +36,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _config(images: Path, out: Path, **changes: object) -> TrainConfig:
     base = TrainConfig(
         scale=2, data=(str(images),), out_dir=str(out), patch=8, batch=4, iterations=6, precision="fp32",
-        workers=0, progress=False, save_every=1000, log_every=2, threads=1, lr=1e-3,
+        workers=0, progress=False, save_every=1000, log_every=2, threads=1, lr=1e-3, compile=False,
     )  # fmt: skip
     return base.replace(**changes)
 
@@ -81,6 +81,22 @@ def test_loss_falls(images: Path, tmp_path: Path) -> None:
     losses = [float(r.split(",")[1]) for r in rows]
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:2])
     assert (tmp_path / "last.safetensors").is_file()
+
+
+def _losses(out: Path) -> list[float]:
+    return [float(r.split(",")[1]) for r in (out / "log.csv").read_text().splitlines()[1:]]
+
+
+def test_compiled_training_follows_eager(images: Path, tmp_path: Path) -> None:
+    """The default fast path (compiled blocks, folded sub-pixel convs, fused Adam) trains the same model."""
+    kwargs = {"iterations": 4, "log_every": 1, "lr": 2e-3}
+    eager = train(_config(images, tmp_path / "eager", **kwargs))
+    fast = train(_config(images, tmp_path / "fast", compile=True, **kwargs))
+    a, b = _losses(tmp_path / "eager"), _losses(tmp_path / "fast")
+    assert abs(a[0] - b[0]) < 1e-5  # same weights, same batch: same forward
+    assert np.allclose(a, b, rtol=2e-3)
+    for (name, p), q in zip(eager.model.named_parameters(), fast.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=2e-4), name
 
 
 def test_kill_and_resume_is_bit_exact(images: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from esrt.imresize import imresize
 from esrt.metrics import SSIM_WINDOW, psnr, rgb_to_y, ssim
 
 if TYPE_CHECKING:
-    import torch
+    from esrt.model import ESRT
 
 Method = Literal["bicubic", "esrt"]
 Precision = Literal["fp32", "bf16"]
@@ -155,21 +155,27 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 def make_esrt_runner(
-    model: torch.nn.Module, chop: bool = False, precision: Precision = "fp32"
+    model: ESRT, chop: bool = False, precision: Precision = "fp32", fast: bool = False
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function uint8 RGB LR (h, w, 3) -> uint8 RGB SR (sh, sw, 3) running model on the CPU."""
+    """A function uint8 RGB LR (h, w, 3) -> uint8 RGB SR (sh, sw, 3) running model on the CPU.
+
+    model is set up in place by esrt.speed.prepare_for_inference (fp32: the same output as the plain model);
+    fast: blocked attention with chunks of at most esrt.speed.FAST_MAX_CHUNK tokens (not the reference).
+    """
     import torch
 
+    from esrt import speed
     from esrt.chop import forward_chop
 
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    speed.prepare_for_inference(model, precision, max_chunk=speed.FAST_MAX_CHUNK if fast else None)
 
     def run(lr: np.ndarray) -> np.ndarray:
         pixels = np.array(lr, dtype=np.uint8, copy=True)  # writable: torch.from_numpy warns on read-only arrays
         x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, h, w)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            sr = forward_chop(model, x) if chop else model(x)  # (1, 3, sh, sw)
+        with torch.no_grad(), speed.autocast(precision):
+            sr = forward_chop(model, x) if chop else model(speed.to_input(x))  # (1, 3, sh, sw)
         sr = sr.float().clamp(0, 1).mul(255).round().to(torch.uint8)
         return sr[0].permute(1, 2, 0).numpy()  # (sh, sw, 3)
 
@@ -203,6 +209,7 @@ def evaluate(
     weights: str | Path | None = None,
     chop: bool = False,
     precision: Precision = "fp32",
+    fast: bool = False,
     save_dir: Path | None = None,
     figures: Path | None = None,
     progress: bool = True,
@@ -228,7 +235,7 @@ def evaluate(
     if method == "esrt":
         from esrt.pretrained import load_model
 
-        runner = make_esrt_runner(load_model(weights, scale=scale), chop=chop, precision=precision)
+        runner = make_esrt_runner(load_model(weights, scale=scale), chop=chop, precision=precision, fast=fast)
 
     results = []
     total = sum(len(b.hr_files) for b in benches)
@@ -282,6 +289,7 @@ def main(args: argparse.Namespace) -> int:
         weights=args.weights,
         chop=args.chop,
         precision=args.precision,
+        fast=args.fast,
         save_dir=args.save_dir,
         figures=args.figures,
     )

@@ -55,12 +55,21 @@ class Upscaler(Protocol):
 
 
 class TorchUpscaler:
-    """An ESRT run by PyTorch in inference mode; precision "bf16" runs it under CPU/CUDA autocast."""
+    """An ESRT run by PyTorch in inference mode, set up by esrt.speed.prepare_for_inference on a copy of model.
 
-    def __init__(self, model: ESRT, precision: Precision = "fp32") -> None:
+    precision "bf16" runs it under CPU/CUDA autocast. fast caps the attention chunks at
+    esrt.speed.FAST_MAX_CHUNK tokens (blocked attention, not the reference: ~3x faster on large images).
+    """
+
+    def __init__(self, model: ESRT, precision: Precision = "fp32", fast: bool = False) -> None:
+        import copy
+
+        from esrt import speed
+
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        self.model = model
+        max_chunk = speed.FAST_MAX_CHUNK if fast else None
+        self.model = speed.prepare_for_inference(copy.deepcopy(model), precision, max_chunk=max_chunk)
         self.scale = int(model.scale)
         self.precision = precision
         self.device = next(model.parameters()).device
@@ -68,12 +77,11 @@ class TorchUpscaler:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
+        from esrt import speed
+
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)  # (1, 3, h, w)
-        with (
-            torch.inference_mode(),
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
-        ):
-            y = self.model(t)  # (1, 3, s*h, s*w)
+        with torch.inference_mode(), speed.autocast(self.precision, self.device.type):
+            y = self.model(speed.to_input(t))  # (1, 3, s*h, s*w)
         return y[0].float().cpu().numpy()
 
 
@@ -398,6 +406,7 @@ def load_upscaler(
     scale: int | None = None,
     weights: str | Path | None = None,
     precision: Precision = "fp32",
+    fast: bool = False,
 ) -> Upscaler:
     """An Upscaler from a model (ESRT or an Upscaler such as export.OnnxUpscaler) or from weights."""
     from esrt.model import ESRT
@@ -408,9 +417,11 @@ def load_upscaler(
         model = load_model(weights, scale)
     elif weights is not None:
         raise ValueError("pass either model or weights, not both")
-    net: Upscaler = TorchUpscaler(model, precision) if isinstance(model, ESRT) else model
+    net: Upscaler = TorchUpscaler(model, precision, fast) if isinstance(model, ESRT) else model
     if not isinstance(model, ESRT) and precision != "fp32":
         raise ValueError("precision bf16 needs a PyTorch model (the ONNX backend runs fp32)")
+    if not isinstance(model, ESRT) and fast:
+        raise ValueError("fast mode needs a PyTorch model (the ONNX backend runs the reference attention)")
     if scale is not None and scale != net.scale:
         raise ValueError(f"the model upscales x{net.scale}, but scale={scale} was asked for")
     return net
@@ -430,6 +441,7 @@ def upscale(
     weights: str | Path | None = ...,
     alpha: Literal["bicubic", "model"] = ...,
     progress: bool = ...,
+    fast: bool = ...,
 ) -> Image.Image: ...
 @overload
 def upscale(
@@ -445,6 +457,7 @@ def upscale(
     weights: str | Path | None = ...,
     alpha: Literal["bicubic", "model"] = ...,
     progress: bool = ...,
+    fast: bool = ...,
 ) -> np.ndarray: ...
 def upscale(
     image: Image.Image | np.ndarray,
@@ -459,6 +472,7 @@ def upscale(
     weights: str | Path | None = None,
     alpha: Literal["bicubic", "model"] = "bicubic",
     progress: bool = False,
+    fast: bool = False,
 ) -> Image.Image | np.ndarray:
     """Super-resolves a PIL image or a uint8/uint16 (H, W[, C]) array; returns the same kind.
 
@@ -467,9 +481,10 @@ def upscale(
     or "auto" (from free memory); tiles overlap by tile_overlap pixels blended with linear ramps. Tiled output
     differs slightly from whole-image output (each pixel attends to a band of its tile). precision "bf16"
     runs under autocast. tta: x8 self-ensemble. outscale: final factor (Lanczos resize of the result).
+    fast: blocked attention (chunks of at most esrt.speed.FAST_MAX_CHUNK tokens; see the README's table).
     PIL images: EXIF orientation is applied, the ICC profile is kept in result.info; modes as in the README.
     """
-    net = load_upscaler(model, scale, weights, precision)
+    net = load_upscaler(model, scale, weights, precision, fast)
     options: dict[str, Any] = {
         "tile": tile,
         "tile_overlap": tile_overlap,
@@ -809,9 +824,9 @@ def _cli_upscaler(args: argparse.Namespace) -> Upscaler:
     if args.backend == "onnx":
         if args.weights is None:
             raise ValueError("--backend onnx needs --weights MODEL.onnx (made by `esrt export --onnx`)")
-        if args.precision != "fp32":
-            raise ValueError("--backend onnx runs fp32 only")
+        if args.precision != "fp32" or args.fast:
+            raise ValueError("--backend onnx runs fp32 with the reference attention only (no --precision, --fast)")
         from esrt.export import OnnxUpscaler
 
         return load_upscaler(OnnxUpscaler(args.weights, threads=args.threads), args.scale)
-    return load_upscaler(None, args.scale, args.weights, args.precision)
+    return load_upscaler(None, args.scale, args.weights, args.precision, args.fast)

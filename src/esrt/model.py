@@ -130,26 +130,23 @@ class LCB(nn.Module):
         return self.fusion(torch.cat(outputs, dim=1))  # (B, 96, H, W) -> (B, 32, H, W)
 
 
-def feature_split_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int = SPLITS, naive: bool = False
+def _attend_in_chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[tuple[int, int, int]], naive: bool
 ) -> torch.Tensor:
-    """Attention inside consecutive token chunks of length N // splits (plus a chunk of N % splits).
+    """Attention inside chunks: each (start, stop, count) segment of the token axis is cut into count equal
+    consecutive chunks, and every token attends only to the tokens of its own chunk.
 
-    q, k, v: (B, heads, N, d). With naive=False each chunk goes through scaled_dot_product_attention,
-    which never materialises the (N/splits)^2 matrix; naive=True is the explicit softmax(QK^T)V oracle.
+    q, k, v: (B, heads, N, d). With naive=False each segment goes through one scaled_dot_product_attention
+    call, which never materialises a chunk's L x L matrix; naive=True is the explicit softmax(QK^T)V oracle.
     """
     B, heads, N, d = q.shape
-    size = N // splits
-    if size == 0:
-        raise ValueError(f"feature split needs at least {splits} tokens, got {N}")
-    main = size * splits
     outputs = []
-    for start, stop, chunks in ((0, main, splits), (main, N, 1)):
+    for start, stop, count in segments:
         if stop == start:
             continue
         qc, kc, vc = (
-            t[:, :, start:stop].reshape(B, heads * chunks, (stop - start) // chunks, d) for t in (q, k, v)
-        )  # (B, heads * chunks, L, d): 4-D, as the fused CPU kernel requires
+            t[:, :, start:stop].reshape(B, heads * count, (stop - start) // count, d) for t in (q, k, v)
+        )  # (B, heads * count, L, d): 4-D, as the fused CPU kernel requires
         if naive:
             attn = torch.softmax(qc @ kc.transpose(-2, -1) * ATTENTION_SCALE, dim=-1)  # (B, h * c, L, L)
             out = attn @ vc
@@ -157,6 +154,31 @@ def feature_split_attention(
             out = F.scaled_dot_product_attention(qc, kc, vc, scale=ATTENTION_SCALE)
         outputs.append(out.reshape(B, heads, stop - start, d))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, heads, N, d)
+
+
+def feature_split_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int = SPLITS, naive: bool = False
+) -> torch.Tensor:
+    """The paper's Feature Split: attention inside consecutive token chunks of length N // splits, plus a chunk
+    of the last N % splits tokens (the reference's quirk). q, k, v: (B, heads, N, d)."""
+    N = q.shape[2]
+    size = N // splits
+    if size == 0:
+        raise ValueError(f"feature split needs at least {splits} tokens, got {N}")
+    return _attend_in_chunks(q, k, v, [(0, size * splits, splits), (size * splits, N, 1)], naive)
+
+
+def blocked_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_chunk: int, naive: bool = False
+) -> torch.Tensor:
+    """Not the reference: attention inside ceil(N / max_chunk) consecutive chunks of near-equal length (they
+    differ by at most one token). The fast inference mode: attention costs O(N * max_chunk), not O(N^2 / 4);
+    tokens are in raster order, so each chunk is a band of image rows, as in the Feature Split."""
+    N = q.shape[2]
+    chunks = -(-N // max_chunk)
+    size, longer = divmod(N, chunks)  # `longer` chunks of size + 1 first, then chunks of size
+    cut = longer * (size + 1)
+    return _attend_in_chunks(q, k, v, [(0, cut, longer), (cut, N, chunks - longer)], naive)
 
 
 class EMHA(nn.Module):
@@ -171,6 +193,13 @@ class EMHA(nn.Module):
         self.expansion = nn.Linear(dim // 2, dim)
         self.naive = False  # True only for tests: the explicit softmax(QK^T)V oracle
         self.fp32_attention = True  # False: attention in the autocast dtype (esrt.speed.prepare_for_inference)
+        self.max_chunk: int | None = None  # fast mode (esrt.speed): cap the chunk length, see blocked_attention
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Feature Split attention, or blocked attention when max_chunk is set and the chunks would be longer."""
+        if self.max_chunk is not None and q.shape[2] // self.splits > self.max_chunk:
+            return blocked_attention(q, k, v, self.max_chunk, naive=self.naive)
+        return feature_split_attention(q, k, v, self.splits, naive=self.naive)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -178,11 +207,9 @@ class EMHA(nn.Module):
         qkv = qkv.reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, 8, N, 18)
         if self.fp32_attention:  # even under autocast: more precise, and the CPU bf16 backward is slow at width 18
             with torch.autocast(x.device.type, enabled=False):
-                q, k, v = qkv.float().unbind(0)
-                out = feature_split_attention(q, k, v, self.splits, naive=self.naive)
+                out = self.attend(*qkv.float().unbind(0))
         else:  # bf16 inference: the bf16 forward kernel is ~1.5x faster than fp32 on CPUs with AMX
-            q, k, v = qkv.unbind(0)
-            out = feature_split_attention(q, k, v, self.splits, naive=self.naive)
+            out = self.attend(*qkv.unbind(0))
         out = out.transpose(1, 2).reshape(B, N, -1)  # (B, N, 144), heads concatenated head-major
         return self.expansion(out)  # (B, N, 288)
 

@@ -29,6 +29,7 @@ from esrt.config import TrainConfig
 from esrt.convert import load_checkpoint, save_weights
 from esrt.data import PatchDataset, StepSampler, load_pairs, load_rgb, modcrop
 from esrt.model import ESRT
+from esrt.speed import prepare_for_training
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -209,7 +210,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     notes: dict[str, Any] = {}
     if config.init_from:
         notes["warm_start_skipped"] = warm_start(model, config.init_from)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps)
+    fused = config.fused_adam and device.type in ("cpu", "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
     ema = EMA(model, config.ema) if config.ema > 0 else None
     start = 0
     best = -math.inf
@@ -218,6 +220,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         state = torch.load(source[-1], map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the saved groups carry the saving run's choice
+            group["fused"] = fused or None
         if ema is not None and state.get("ema") is not None:
             ema.model.load_state_dict(state["ema"])
         start, best = state["iteration"], state.get("best_psnr", -math.inf)
@@ -239,11 +243,13 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         prefetch_factor=2 if config.workers > 0 else None,
     )
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
-    net: nn.Module = model
+    # step_model shares model's parameters; with compile it is the twin with compiled blocks (esrt.speed)
+    step_model = prepare_for_training(
+        model, config.precision, compile_blocks=config.compile, channels_last=config.channels_last
+    )
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(net) if config.compile else net
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = nn.parallel.DistributedDataParallel(step_model, device_ids=ids)
     val_images = validation_images(config.val_dir, config.scale) if (config.val_dir and main) else []
 
     log = _Logger(out_dir, enabled=main)
