@@ -40,7 +40,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", default="training", help="folder with x2/, x3/, x4/ run folders")
     parser.add_argument("--out", default="docs/training_psnr.png")
     args = parser.parse_args()

@@ -76,7 +76,10 @@ def test_onnx_backend_in_upscale_and_cli(
     assert "not a readable ONNX model" in capsys.readouterr().err
 
 
-def test_export_cli(model: ESRT, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_cli(
+    model: ESRT, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("esrt.pretrained.WEIGHTS_DIR", tmp_path / "none")  # a version that ships no weights
     assert main(["export", "--onnx", str(tmp_path / "m.onnx"), "--scale", "2"]) == 1
     assert "no weights are shipped for x2" in capsys.readouterr().err
     weights = tmp_path / "w.safetensors"

@@ -96,7 +96,7 @@ def test_no_attention_matrix_is_materialised() -> None:
     x = torch.randn(1, 4096, 288)
     with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
         emha(x)
-    largest = max(e.cpu_memory_usage for e in prof.events())
+    largest = max(e.cpu_memory_usage for e in prof.events() or [])
     chunk_matrix = 8 * (4096 // 4) ** 2 * 4  # one chunk's (heads, L, L) fp32 attention matrix
     assert largest < chunk_matrix / 2
 

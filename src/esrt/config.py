@@ -83,7 +83,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover
-            import tomli as tomllib
+            import tomli as tomllib  # pyright: ignore[reportMissingImports]
         raw = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
         import yaml

@@ -58,7 +58,7 @@ def _rng_state() -> dict[str, Any]:
     version, internal, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, gauss],
         "python": [version, list(internal), py_gauss],
     }
 
@@ -139,7 +139,7 @@ class EMA:
         decay = min(self.decay, (1 + iteration) / (10 + iteration))
         ema = list(self.model.state_dict().values())
         cur = list(model.state_dict().values())
-        torch._foreach_lerp_(ema, cur, 1 - decay)
+        torch._foreach_lerp_(ema, cur, 1 - decay)  # pyright: ignore[reportPrivateImportUsage]
 
 
 class _StopFlag:
