@@ -1,7 +1,7 @@
 """Benchmark of `esrt upscale`'s path: peak memory (ru_maxrss) and time for a 1920x1080 input, x4, tile auto.
 
 Prints one JSON object. Random weights (speed and memory do not depend on them). Never part of the test run.
-Usage: python bench/upscale.py [--size 1920x1080] [--scale 4] [--tile auto] [--precision fp32] [--threads N]
+Usage: python bench/upscale.py [--size 1920x1080] [--scale 4] [--tile auto] [--precision fp32] [--fast] [--threads N]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--tile", default="auto", help="'auto', a number, or 0 for the whole image")
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--fast", action="store_true", help="the fast mode (blocked attention)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -41,7 +42,7 @@ def main() -> None:
     side = auto_tile_size(args.scale) if tile == "auto" else tile
 
     torch.manual_seed(0)
-    net = TorchUpscaler(ESRT(args.scale).eval(), args.precision)
+    net = TorchUpscaler(ESRT(args.scale).eval(), args.precision, fast=args.fast)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.stack([np.sin(x / 17), np.cos(y / 23), np.sin((x + y) / 31)], -1)
     image = np.rint((image + 1) * 127.5).astype(np.uint8)  # (H, W, 3), smooth, like a photo's structure
@@ -63,6 +64,7 @@ def main() -> None:
         "tile_overlap": args.overlap,
         "tiles": tiles,
         "precision": args.precision,
+        "fast": args.fast,
         "threads": torch.get_num_threads(),
         "seconds": round(seconds, 1),
         "megapixels_out_per_s": round(out.shape[0] * out.shape[1] / seconds / 1e6, 3),

@@ -18,7 +18,7 @@ RELEASE_BAR = {2: 36.6, 3: 32.6, 4: 30.4}
 
 
 def psnr_by_hours(log: Path) -> tuple[list[float], list[float]]:
-    """(hours, val_psnr) of every validated row of one run's log.csv."""
+    """(hours, val_psnr) at each new validation result in one run's log.csv."""
     hours, psnrs = [], []
     total, previous = 0.0, None
     with log.open() as f:
@@ -27,8 +27,8 @@ def psnr_by_hours(log: Path) -> tuple[list[float], list[float]]:
             if previous is not None and it > previous and speed > 0:
                 total += (it - previous) / speed / 3600
             previous = it
-            psnr = float(row["val_psnr"])
-            if not math.isnan(psnr):
+            psnr = float(row["val_psnr"])  # the last validation's value, repeated until the next one
+            if not math.isnan(psnr) and (not psnrs or psnr != psnrs[-1]):
                 hours.append(total)
                 psnrs.append(psnr)
     return hours, psnrs
