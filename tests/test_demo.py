@@ -113,6 +113,24 @@ def test_precision_and_tta_reach_esrt_upscale(client: tuple[FlaskClient, JobRunn
     assert np.any(got != plain), "bf16 + TTA must change the result"
 
 
+@pytest.fixture
+def wide_client(model4: ESRT, tmp_path: Path) -> Iterator[tuple[FlaskClient, JobRunner]]:
+    yield from _client(model4, tmp_path, max_upload_mb=1, max_pixels=100 * 100)
+
+
+def test_fast_mode_reaches_esrt_upscale(wide_client: tuple[FlaskClient, JobRunner], model4: ESRT) -> None:
+    c, runner = wide_client
+    data = _png((80, 64), 6)  # 5120 tokens: chunks of 1280 > the fast mode's 1024
+    status, job = _post(c, data, "wide.png", fast="true")
+    assert status == 202 and job["fast"] is True
+    runner.wait_idle()
+    got = np.asarray(Image.open(io.BytesIO(c.get(job["result_url"]).data)))
+    want = esrt.upscale(Image.open(io.BytesIO(data)), model=model4, fast=True)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    plain = np.asarray(esrt.upscale(Image.open(io.BytesIO(data)), model=model4))
+    assert np.any(got != plain), "the fast mode must change the result on this size"
+
+
 def test_refusals_have_messages(client: tuple[FlaskClient, JobRunner]) -> None:
     c, runner = client
     status, body = _post(c, b"just some notes\n", "notes.txt")

@@ -66,6 +66,7 @@ class Job:
     size: tuple[int, int]  # input (width, height)
     pixels: np.ndarray | None = None  # the decoded input until the worker has written its files
     icc: bytes | None = None
+    fast: bool = False  # blocked attention (esrt.upscale's fast mode)
     state: JobState = "queued"
     progress: float = 0.0
     message: str = ""
@@ -135,7 +136,7 @@ class JobRunner:
 
     # -- requests ------------------------------------------------------------------------------------------
 
-    def submit(self, upload: Any, name: str, scale: int, precision: str, tta: bool) -> Job:
+    def submit(self, upload: Any, name: str, scale: int, precision: str, tta: bool, fast: bool = False) -> Job:
         """Checks and decodes an upload (a file-like object) and queues it; raises DemoError when refused."""
         from esrt.infer import ImageError, read_image
 
@@ -164,7 +165,8 @@ class JobRunner:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         h, w = picture.pixels.shape[:2]
-        job = Job(job_id, name, scale, cast("Precision", precision), tta, folder, (w, h), picture.pixels, picture.icc)
+        precision_ = cast("Precision", precision)
+        job = Job(job_id, name, scale, precision_, tta, folder, (w, h), picture.pixels, picture.icc, fast)
         with self._lock:
             self._jobs[job_id] = job
         self._queue.put(job)
@@ -195,6 +197,7 @@ class JobRunner:
             "scale": job.scale,
             "precision": job.precision,
             "tta": job.tta,
+            "fast": job.fast,
             "input_size": [w, h],
             "output_size": [w * job.scale, h * job.scale],
             "seconds": None if job.seconds is None else round(job.seconds, 2),
@@ -246,7 +249,7 @@ class JobRunner:
             job.progress = min(calls / total, 0.99)
             calls += 1
 
-        net = _CountingUpscaler(TorchUpscaler(self.models[job.scale], job.precision), on_call)
+        net = _CountingUpscaler(TorchUpscaler(self.models[job.scale], job.precision, job.fast), on_call)
         result = esrt.upscale(job.pixels, model=net, tile=self.config.tile, tta=job.tta)
         job.message = "saving"
         write_image(job.folder / "result.png", result, job.icc)
@@ -344,8 +347,8 @@ def create_app(
         except ValueError:
             raise DemoError("scale must be an integer") from None
         precision = request.form.get("precision", "fp32")
-        tta = request.form.get("tta", "false").lower() in ("1", "true", "on", "yes")
-        job = runner.submit(upload.stream, Path(upload.filename).name, scale, precision, tta)
+        tta, fast = (request.form.get(k, "false").lower() in ("1", "true", "on", "yes") for k in ("tta", "fast"))
+        job = runner.submit(upload.stream, Path(upload.filename).name, scale, precision, tta, fast)
         return jsonify(runner.status(job)), 202
 
     @app.get("/api/jobs/<job_id>")

@@ -66,6 +66,7 @@ async function upload(file) {
   form.append("scale", $("scale").value);
   form.append("precision", $("precision").value);
   form.append("tta", $("tta").checked ? "true" : "false");
+  form.append("fast", $("fast").checked ? "true" : "false");
   currentJob = null;
   setState("uploading");
   showStatus(null, `Uploading ${file.name}…`);
@@ -160,7 +161,7 @@ async function showResult(job) {
   download.download = job.download_name;
   $("result-info").textContent =
     `${job.name}: ${job.input_size.join("×")} → ${job.output_size.join("×")} · ${job.precision}` +
-    `${job.tta ? " + TTA" : ""} · ${job.seconds} s`;
+    `${job.fast ? " fast" : ""}${job.tta ? " + TTA" : ""} · ${job.seconds} s`;
   $("status").hidden = true;
   setSlider(Number($("slider").value));
   setState("done");
