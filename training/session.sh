@@ -1,7 +1,7 @@
 #!/bin/bash
 # One work session's training, in the background: each stage resumes its run (or starts it, warm-started
 # as its config says) and gets SIGTERM after its minutes, which saves a checkpoint and exits.
-#   nohup training/session.sh x2:60 x3:35 x4:35 > runs/session.log 2>&1 &
+#   nohup training/session.sh x2:60 x3:35 x4:35 > runs/session.log 2>&1 &   (with the venv active: it runs `esrt`)
 # Stop it early with: kill -TERM $(cat runs/session.pid) (the current stage saves first).
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p runs
