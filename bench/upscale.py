@@ -42,7 +42,7 @@ def main() -> None:
     side = auto_tile_size(args.scale) if tile == "auto" else tile
 
     torch.manual_seed(0)
-    net = TorchUpscaler(ESRT(args.scale).eval(), args.precision, fast=args.fast)
+    net = TorchUpscaler(ESRT(args.scale).eval(), args.precision, fast=args.fast, malloc=True)  # as the CLI
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     image = np.stack([np.sin(x / 17), np.cos(y / 23), np.sin((x + y) / 31)], -1)
     image = np.rint((image + 1) * 127.5).astype(np.uint8)  # (H, W, 3), smooth, like a photo's structure

@@ -59,9 +59,10 @@ class TorchUpscaler:
 
     precision "bf16" runs it under CPU/CUDA autocast. fast caps the attention chunks at
     esrt.speed.FAST_MAX_CHUNK tokens (blocked attention, not the reference: ~3x faster on large images).
+    malloc applies esrt.speed.tune_malloc(), which is process-wide: the CLI does, the Python API does not.
     """
 
-    def __init__(self, model: ESRT, precision: Precision = "fp32", fast: bool = False) -> None:
+    def __init__(self, model: ESRT, precision: Precision = "fp32", fast: bool = False, malloc: bool = False) -> None:
         import copy
 
         from esrt import speed
@@ -69,7 +70,7 @@ class TorchUpscaler:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         max_chunk = speed.FAST_MAX_CHUNK if fast else None
-        self.model = speed.prepare_for_inference(copy.deepcopy(model), precision, max_chunk=max_chunk)
+        self.model = speed.prepare_for_inference(copy.deepcopy(model), precision, max_chunk=max_chunk, malloc=malloc)
         self.scale = int(model.scale)
         self.precision = precision
         self.device = next(model.parameters()).device
@@ -407,6 +408,7 @@ def load_upscaler(
     weights: str | Path | None = None,
     precision: Precision = "fp32",
     fast: bool = False,
+    malloc: bool = False,
 ) -> Upscaler:
     """An Upscaler from a model (ESRT or an Upscaler such as export.OnnxUpscaler) or from weights."""
     from esrt.model import ESRT
@@ -417,7 +419,7 @@ def load_upscaler(
         model = load_model(weights, scale)
     elif weights is not None:
         raise ValueError("pass either model or weights, not both")
-    net: Upscaler = TorchUpscaler(model, precision, fast) if isinstance(model, ESRT) else model
+    net: Upscaler = TorchUpscaler(model, precision, fast, malloc) if isinstance(model, ESRT) else model
     if not isinstance(model, ESRT) and precision != "fp32":
         raise ValueError("precision bf16 needs a PyTorch model (the ONNX backend runs fp32)")
     if not isinstance(model, ESRT) and fast:
@@ -829,4 +831,4 @@ def _cli_upscaler(args: argparse.Namespace) -> Upscaler:
         from esrt.export import OnnxUpscaler
 
         return load_upscaler(OnnxUpscaler(args.weights, threads=args.threads), args.scale)
-    return load_upscaler(None, args.scale, args.weights, args.precision, args.fast)
+    return load_upscaler(None, args.scale, args.weights, args.precision, args.fast, malloc=True)
