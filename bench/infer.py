@@ -117,11 +117,12 @@ def set5_psnr(weights: str, threads: int) -> dict[str, float]:
         hr = modcrop(read_image(path), 4, path)
         images.append((hr, load_lr(bench, path, hr, 4)))
 
+    plain_model = load_model(weights, scale=4)
+
     def plain(lr: np.ndarray) -> np.ndarray:  # the unprepared model, NCHW fp32
-        model = load_model(weights, scale=4)
         x = torch.from_numpy(np.array(lr, dtype=np.float32)).permute(2, 0, 1)[None] / 255  # (1, 3, h, w)
         with torch.inference_mode():
-            sr = model(x).clamp(0, 1).mul(255).round().to(torch.uint8)
+            sr = plain_model(x).clamp(0, 1).mul(255).round().to(torch.uint8)
         return sr[0].permute(1, 2, 0).numpy()
 
     runners = {
