@@ -98,3 +98,11 @@ def test_settings_validate_and_report() -> None:
     assert isinstance(speed.tune_malloc(), bool)
     assert speed.fast_precision() in speed.PRECISIONS
     assert speed.to_input(torch.rand(1, 3, 4, 5)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_token_unfold_and_fold_match_torch() -> None:
+    """The training twin's shifted-copy unfold/fold equal F.unfold/F.fold (3x3, padding 1), also channels-last."""
+    x = torch.randn(2, 32, 7, 9).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(speed.unfold_tokens(x), F.unfold(x, 3, padding=1).transpose(1, 2))
+    t = torch.randn(2, 63, 288)
+    assert torch.allclose(speed.fold_tokens(t, (7, 9)), F.fold(t.transpose(1, 2), (7, 9), 3, padding=1), atol=1e-6)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from esrt.config import TrainConfig, load_config_file
 from esrt.data import PatchDataset, StepSampler, load_pairs
-from esrt.train import checkpoints, learning_rate, train
+from esrt.train import DivergenceError, checkpoints, learning_rate, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,24 @@ def test_crash_during_save_leaves_no_partial_checkpoint(
     monkeypatch.undo()
     assert checkpoints(tmp_path) == before
     assert torch.load(checkpoints(tmp_path)[-1], weights_only=True)["iteration"] == good
+
+
+def test_divergence_stops_before_stepping_or_saving(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN gradient (here: a NaN loss from iteration 3 on) stops the run; the saved weights stay finite."""
+    calls = {"n": 0}
+    l1 = torch.nn.functional.l1_loss
+
+    def poisoned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return l1(a, b) * (float("nan") if calls["n"] >= 3 else 1.0)
+
+    monkeypatch.setattr("esrt.train.F.l1_loss", poisoned)
+    with pytest.raises(DivergenceError, match=r"iteration 3: .*last checkpoint: iteration 2"):
+        train(_config(images, tmp_path, iterations=6, save_every=2))
+    assert [torch.load(c, weights_only=True)["iteration"] for c in checkpoints(tmp_path)] == [2]
+    assert all(torch.isfinite(w).all() for w in _weights(tmp_path).values())
 
 
 def test_config_file_and_unknown_key(tmp_path: Path) -> None:

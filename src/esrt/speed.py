@@ -166,23 +166,49 @@ def fold_sub_pixel_convs(model: ESRT) -> ESRT:
     return model
 
 
+def unfold_tokens(x: torch.Tensor) -> torch.Tensor:
+    """F.unfold(x, 3, padding=1).transpose(1, 2) written as nine shifted copies: (B, C, H, W) -> (B, H*W, C*9).
+
+    Token n = y*W + x holds x[c, y+ky-1, x+kx-1] at c*9 + ky*3 + kx, as F.unfold. Unlike F.unfold (im2col,
+    slow on channels-last bf16 input) this is plain indexing that torch.compile fuses with its neighbours.
+    """
+    B, C, H, W = x.shape
+    padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))  # (B, H+2, W+2, C)
+    patches = torch.stack([padded[:, i : i + H, j : j + W] for i in range(3) for j in range(3)], dim=-1)
+    return patches.reshape(B, H * W, C * 9)  # (B, H, W, C, 9) -> tokens
+
+
+def fold_tokens(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The adjoint of unfold_tokens, F.fold(t.transpose(1, 2), size, 3, padding=1): (B, H*W, C*9) -> (B, C, H, W)
+    channels-last, each pixel the sum of the nine token entries that cover it."""
+    B, N, D = t.shape
+    H, W = size
+    parts = t.reshape(B, H, W, D // 9, 9)
+    out = sum(
+        F.pad(parts[..., i * 3 + j], (0, 0, j, 2 - j, i, 2 - i)) for i in range(3) for j in range(3)
+    )  # (B, H+2, W+2, C)
+    assert isinstance(out, torch.Tensor)
+    return out[:, 1 : H + 1, 1 : W + 1].permute(0, 3, 1, 2)
+
+
 class _CompiledTokensET(nn.Module):
-    """Wraps an ET (training twin only): the same unfold -> transformer layer -> fold, with the token-space part
-    (LayerNorms, EMHA, MLP, residuals and their autocast casts) under torch.compile, which fuses it."""
+    """Wraps an ET (training twin only): the same unfold -> transformer layer -> fold under one torch.compile,
+    with unfold and fold as shifted copies (unfold_tokens, fold_tokens) that inductor fuses into the
+    LayerNorm and the residual sum instead of the im2col / col2im kernels."""
 
     def __init__(self, et: ET) -> None:
         super().__init__()
         self.et = et
-        self.tokens = torch.compile(self._tokens, dynamic=False)
+        self.layer = torch.compile(self._layer, dynamic=False)
 
-    def _tokens(self, t: torch.Tensor) -> torch.Tensor:
+    def _layer(self, x: torch.Tensor) -> torch.Tensor:
+        t = unfold_tokens(x)
         t = t + self.et.emha(self.et.norm1(t))
-        return t + self.et.mlp(self.et.norm2(t))
+        t = t + self.et.mlp(self.et.norm2(t))
+        return fold_tokens(t, (x.shape[2], x.shape[3]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        t = F.unfold(x, 3, padding=1).transpose(1, 2)  # (B, N, 288), as ET.forward
-        return F.fold(self.tokens(t).transpose(1, 2), (H, W), 3, padding=1)  # (B, 32, H, W)
+        return self.layer(x)
 
 
 def _sharing_copy(model: nn.Module) -> nn.Module:

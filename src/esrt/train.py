@@ -34,6 +34,10 @@ from esrt.speed import prepare_for_training
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
 
+class DivergenceError(ValueError):
+    """A step produced a non-finite loss or gradient; raised before that step changes the weights."""
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 
 
@@ -69,6 +73,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, py_gauss = state["python"]
     random.setstate((version, tuple(internal), py_gauss))
+
+
+def _finite(loss: torch.Tensor, params: list[nn.Parameter]) -> bool:
+    """Whether the loss and every gradient are finite (one fused norm over all gradients)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch._foreach_norm(grads) if grads else []
+    return bool(torch.isfinite(torch.stack([loss.detach().float(), *[n.float() for n in norms]])).all())
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
@@ -263,7 +274,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         from tqdm import tqdm
 
         bar = tqdm(total=config.iterations, initial=start, desc=f"x{config.scale}", dynamic_ncols=True)
-    it = start
+    it = saved = start
+    params = list(model.parameters())
     batches = iter(loader)
     with _StopFlag() as stop:
         while it < end and not stop.raised:
@@ -278,6 +290,12 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             loss = F.l1_loss(sr.float(), hr_batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if not _finite(loss, params):  # never step (or save) into NaN weights
+                raise DivergenceError(
+                    f"iteration {it + 1}: the loss or a gradient is not finite; stopped without saving"
+                    f" (last checkpoint: {f'iteration {saved}' if saved else 'none'}); try a lower --lr"
+                    + (" or --no-compile" if config.compile else "")
+                )
             optimizer.step()
             if ema is not None:
                 ema.update(model, it)
@@ -301,6 +319,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             if due or it == end or stop.raised:
                 if main:
                     _save(out_dir, config, it, model, optimizer, ema, best)
+                    saved = it
                     _export(ema.model if ema else model, out_dir / "last.safetensors", config, it, psnr)
                 last_save = time.monotonic()
     if bar is not None:
