@@ -6,8 +6,10 @@ Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up 
 - esrt.speed's settings added one by one: channels-last, malloc tuning, then everything
   (bf16_fast = esrt.speed.prepare_for_training + make_optimizer: + compiled ARFBs and ET token layer,
   folded sub-pixel convs, fused Adam), and fp32_fast, the same in fp32.
-Every configuration runs in its own subprocess (malloc tuning is process-wide); the configurations are
-run round-robin `--rounds` times so that a load change on a shared machine hits all of them alike.
+Every configuration runs in its own subprocess (malloc tuning is process-wide), built and warmed up one
+after the other; then the processes take turns, `--steps` steps each, `--rounds` times, so that the
+speed drifts of a shared machine (+-20% within seconds on some sessions' CPUs) hit all of them alike.
+The processes stay alive side by side (a few GB each; the idle ones wait on a pipe and use no CPU).
 
     python bench/train_step.py                 # about 5 minutes on 2 idle cores
     python bench/train_step.py --quick         # fp32_plain, bf16_plain, bf16_fast only
@@ -22,7 +24,9 @@ Why these settings (torch.profiler, bf16 step, 2 cores with AMX): the CPU bf16 f
 head width 18 took 35% of the step (fp32 attention is 4x faster there; model.py runs it in fp32); glibc
 page faults ~600k pages per step (15-20%); the learnable scalars, PReLU and CA of the ARFBs are ~660 small
 elementwise kernels in eager mode that torch.compile fuses; the ET's token tensors (16, 2304, 288) go through
-~14 autocast casts and mixed-dtype adds that compile fuses too; pixel_unshuffle (the backward of the last
+~14 autocast casts and mixed-dtype adds that compile fuses too, and F.unfold/F.fold around them (im2col and
+col2im, 75-145 ms per step on channels-last input) become shifted copies fused into that compiled layer
+(esrt.speed.unfold_tokens / fold_tokens); pixel_unshuffle (the backward of the last
 PixelShuffle, channels-last) and the 3x3 conv at 192x192 disappear when that conv is folded before the
 shuffle. Whole-model torch.compile is slower than these partial compiles: inductor turns unfold/fold,
 pixel_shuffle and the bilinear-upsampling backward into slow gather/scatter loops.
@@ -61,8 +65,9 @@ CONFIGS = {
 QUICK = ["fp32_plain", "bf16_plain", "bf16_fast"]
 
 
-def worker(name: str, steps: int, warmup: int, batch: int, patch: int, threads: int) -> dict[str, object]:
-    """Runs one configuration in this process and returns its timings."""
+def worker(name: str, warmup: int, batch: int, patch: int, threads: int) -> None:
+    """Runs one configuration: builds it, warms up (compiles), prints "ready", then times one step per line
+    read from stdin and prints its wall and CPU seconds as JSON, until stdin closes."""
     import torch
     import torch.nn.functional as F
 
@@ -103,14 +108,13 @@ def worker(name: str, steps: int, warmup: int, batch: int, patch: int, threads: 
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    warm = time.perf_counter() - t0
-    times, cpu_times = [], []
-    for _ in range(steps):
+    print(json.dumps({"ready": name, "warmup_s": time.perf_counter() - t0, "threads": torch.get_num_threads()}))
+    sys.stdout.flush()
+    for _ in sys.stdin:
         t, c = time.perf_counter(), time.process_time()
-        step()
-        times.append(time.perf_counter() - t)
-        cpu_times.append(time.process_time() - c)
-    return {"name": name, "times": times, "cpu_times": cpu_times, "warmup_s": warm, "threads": torch.get_num_threads()}
+        loss = step()
+        print(json.dumps({"time": time.perf_counter() - t, "cpu": time.process_time() - c, "loss": loss}))
+        sys.stdout.flush()
 
 
 def environment() -> dict[str, object]:
@@ -134,9 +138,9 @@ def main() -> None:
     parser.add_argument("--configs", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
     parser.add_argument("--quick", action="store_true", help="only " + ", ".join(QUICK))
     parser.add_argument("--full-compile", action="store_true", help="also whole-model torch.compile")
-    parser.add_argument("--rounds", type=int, default=2, help="round-robin rounds over the configurations")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (include compilation)")
+    parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds over the configurations")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per configuration and round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (include compilation)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
@@ -144,7 +148,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, args.warmup, args.batch, args.patch, args.threads)))
+        worker(args.worker, args.warmup, args.batch, args.patch, args.threads)
         return
 
     names = QUICK if args.quick else [n for n in CONFIGS if n != "bf16_full_compile"]
@@ -155,17 +159,32 @@ def main() -> None:
     env = environment()
     samples: dict[str, list[float]] = {n: [] for n in names}
     cpu_samples: dict[str, list[float]] = {n: [] for n in names}
-    warmups: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(args.rounds):
-        for name in names:
-            cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    warmups: dict[str, float] = {}
+    workers: dict[str, subprocess.Popen[str]] = {}
+    try:
+        for name in names:  # one at a time, so that compiling does not overlap another's warm-up
+            cmd = [sys.executable, __file__, "--worker", name, "--warmup", str(args.warmup)]
             cmd += ["--batch", str(args.batch), "--patch", str(args.patch), "--threads", str(args.threads)]
-            out = subprocess.check_output(cmd, text=True)
-            result = json.loads(out.strip().splitlines()[-1])
-            samples[name] += result["times"]
-            cpu_samples[name] += result["cpu_times"]
-            warmups[name].append(round(result["warmup_s"], 1))
-            env["threads"] = result["threads"]
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None
+            ready = json.loads(proc.stdout.readline())
+            warmups[name] = round(ready["warmup_s"], 1)
+            env["threads"] = ready["threads"]
+            workers[name] = proc
+        for _ in range(args.rounds):  # interleaved: a load change on a shared machine hits all alike
+            for name, proc in workers.items():
+                assert proc.stdin is not None and proc.stdout is not None
+                for _ in range(args.steps):
+                    proc.stdin.write("step\n")
+                    proc.stdin.flush()
+                    result = json.loads(proc.stdout.readline())
+                    samples[name].append(result["time"])
+                    cpu_samples[name].append(result["cpu"])
+    finally:
+        for proc in workers.values():
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait()
     base = statistics.median(samples[names[0]])
     report = {
         "benchmark": f"train step: ESRT x4, batch {args.batch}, LR patch {args.patch}, L1, Adam (fwd+bwd+step)",

@@ -35,7 +35,7 @@ class TrainConfig:
     eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
     precision: str = field(default="bf16", metadata={"help": "fp32 or bf16 (autocast, fp32 master weights)"})
     compile: bool = field(
-        default=True, metadata={"help": "torch.compile the ARFBs and the ET token layer (esrt.speed; ~1 min once)"}
+        default=True, metadata={"help": "torch.compile the HPBs and the ET (esrt.speed; 1-2 min once)"}
     )
     fused_adam: bool = field(default=True, metadata={"help": "fused Adam step (same update, one kernel)"})
     channels_last: bool = field(default=True, metadata={"help": "channels-last memory format (faster convs on CPU)"})

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esrt.model import ARFB, EMHA, ESRT, ET
+from esrt.model import ARFB, EMHA, ESRT, ET, HPB
 
 PRECISIONS = ("fp32", "bf16")
 FAST_MAX_CHUNK = 1024  # the fast mode's attention chunk cap (tokens); chosen by bench/infer.py, see README
@@ -211,6 +211,48 @@ class _CompiledTokensET(nn.Module):
         return self.layer(x)
 
 
+def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation with align_corners=True: output i samples the input at
+    i * (n_in - 1) / (n_out - 1), weight max(0, 1 - |position - j|) on input j (a tent, so two neighbours)."""
+    step = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    position = torch.arange(n_out, dtype=torch.float64)[:, None] * step
+    return (1 - (position - torch.arange(n_in, dtype=torch.float64)[None]).abs()).clamp(min=0).float()
+
+
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """F.interpolate(x, size, mode="bilinear", align_corners=True) as two small matmuls, in fp32 even under
+    autocast. Unlike the interpolation kernel, whose backward inductor compiles to a slow scatter loop, its
+    backward is two matmuls again, so torch.compile can take whole HPBs."""
+    rows, cols = bilinear_matrix(size[0], x.shape[2]), bilinear_matrix(size[1], x.shape[3])
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.einsum("Hh,bchw,Ww->bcHW", rows.to(x.device), x.float(), cols.to(x.device))
+
+
+class _CompiledHPB(nn.Module):
+    """Wraps an HPB (training twin only): HPB.forward with the bilinear upsampling as upsample_bilinear, the
+    whole block (its ARFBs, the frequency split, fusion and channel attention) under one torch.compile."""
+
+    def __init__(self, hpb: HPB) -> None:
+        super().__init__()
+        self.hpb = hpb
+        self.block = torch.compile(self._block, dynamic=False)
+
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
+        hpb = self.hpb
+        size = (x.shape[2], x.shape[3])
+        x1 = hpb.arfb_in(x)
+        low = F.avg_pool2d(x1, 2)
+        high = x1 - upsample_bilinear(low, size)  # the HFM
+        for _ in range(hpb.low_repeats):
+            low = hpb.arfb_low(low)
+        t = torch.cat([upsample_bilinear(low, size), hpb.arfb_high(high)], dim=1)
+        t = hpb.ca(F.relu(hpb.fusion(t)))
+        return hpb.arfb_out(t) + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
 def _sharing_copy(model: nn.Module) -> nn.Module:
     """A structural copy of model whose parameters and buffers are model's own tensors (not copies)."""
     twin = copy.deepcopy(model)
@@ -235,15 +277,17 @@ def prepare_for_training(
     - model is converted to channels-last in place (feed it `to_input(batch)`); note that its conv weights
       are then not contiguous: `.contiguous()` them before safetensors.save_file;
     - with compile_blocks, the returned module is a twin of model that shares model's parameter tensors
-      (gradients and optimizer updates land in model) and whose ARFBs and ET token layer are
-      torch.compile'd (10-60 s on the first step), with the sub-pixel convs folded (fold_sub_pixel_convs).
+      (gradients and optimizer updates land in model) and whose three HPBs and ET (each as one graph,
+      _CompiledHPB and _CompiledTokensET) are torch.compile'd (about 1-2 min on the first step), with the
+      sub-pixel convs folded (fold_sub_pixel_convs). A model other than ESRT gets its ARFBs compiled.
       model itself stays plain eager code: deepcopy it (EMA), validate, export and save it as usual.
       Without compile_blocks, model itself is returned;
     - tune_malloc() when malloc is true (process-wide).
 
-    The whole-model torch.compile is deliberately not used: inductor turns unfold/fold, pixel_shuffle and
+    The whole-model torch.compile is deliberately not used: inductor turns F.unfold/F.fold, pixel_shuffle and
     the bilinear-upsampling backward into gather/scatter loops that are slower than the ATen kernels, which
-    makes the whole-model compile slower than compiling the ARFBs alone (bench/train_step.py).
+    makes the whole-model compile slower than compiling the ARFBs alone (bench/train_step.py); the compiled
+    HPBs and ET avoid those ops (upsample_bilinear, unfold_tokens, fold_tokens).
     precision is only validated here; run the forward under autocast(precision).
     """
     if precision not in PRECISIONS:
@@ -255,12 +299,14 @@ def prepare_for_training(
     if not compile_blocks:
         return model
     twin = _sharing_copy(model)
-    for module in twin.modules():
-        if isinstance(module, ARFB):
-            module.compile(dynamic=False)
     if isinstance(twin, ESRT):
         fold_sub_pixel_convs(twin)
+        twin.lcb.hpbs = nn.ModuleList(_CompiledHPB(hpb) for hpb in twin.lcb.hpbs)  # type: ignore[arg-type]
         twin.ltb.et = _CompiledTokensET(twin.ltb.et)  # type: ignore[assignment]
+    else:
+        for module in twin.modules():
+            if isinstance(module, ARFB):
+                module.compile(dynamic=False)
     return twin
 
 

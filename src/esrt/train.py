@@ -76,10 +76,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _finite(loss: torch.Tensor, params: list[nn.Parameter]) -> bool:
-    """Whether the loss and every gradient are finite (one fused norm over all gradients)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    norms = torch._foreach_norm(grads) if grads else []
-    return bool(torch.isfinite(torch.stack([loss.detach().float(), *[n.float() for n in norms]])).all())
+    """Whether the loss and every gradient are finite (a NaN or inf entry makes its gradient's norm non-finite)."""
+    norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return bool(torch.isfinite(torch.stack([loss.detach().float(), *norms])).all())
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
