@@ -76,7 +76,7 @@ def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str
         esrt.model.set_naive_attention(model, True)
     else:
         precision = {"fp32": "fp32", "bf16": "bf16", "fast": speed.fast_precision()}[mode]
-        speed.prepare_for_inference(model, precision, max_chunk=speed.FAST_MAX_CHUNK if mode == "fast" else None)
+        speed.prepare_for_inference(model, precision, fast=mode == "fast")
         x = speed.to_input(x)
     times, cpu_times, out = [], [], x
     with torch.inference_mode(), speed.autocast(precision):

@@ -167,9 +167,7 @@ def make_esrt_runner(
     from esrt import speed
     from esrt.chop import forward_chop
 
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-    speed.prepare_for_inference(model, precision, max_chunk=speed.FAST_MAX_CHUNK if fast else None)
+    speed.prepare_for_inference(model, precision, fast=fast)
 
     def run(lr: np.ndarray) -> np.ndarray:
         pixels = np.array(lr, dtype=np.uint8, copy=True)  # writable: torch.from_numpy warns on read-only arrays

@@ -67,10 +67,7 @@ class TorchUpscaler:
 
         from esrt import speed
 
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        max_chunk = speed.FAST_MAX_CHUNK if fast else None
-        self.model = speed.prepare_for_inference(copy.deepcopy(model), precision, max_chunk=max_chunk, malloc=malloc)
+        self.model = speed.prepare_for_inference(copy.deepcopy(model), precision, fast=fast, malloc=malloc)
         self.scale = int(model.scale)
         self.precision = precision
         self.device = next(model.parameters()).device

@@ -77,10 +77,15 @@ def fast_precision() -> str:
     return "bf16" if has_amx() else "fp32"
 
 
+def check_precision(precision: str) -> None:
+    """Raises ValueError unless precision is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+
+
 def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[Any]:
     """The forward pass's precision: bf16 autocast (fp32 master weights, fp32 attention) or plain fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16)
@@ -290,8 +295,7 @@ def prepare_for_training(
     HPBs and ET avoid those ops (upsample_bilinear, unfold_tokens, fold_tokens).
     precision is only validated here; run the forward under autocast(precision).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if malloc:
         tune_malloc()
     if channels_last:
@@ -311,7 +315,7 @@ def prepare_for_training(
 
 
 def prepare_for_inference(
-    model: ESRT, precision: str = "fp32", *, max_chunk: int | None = None, malloc: bool = True
+    model: ESRT, precision: str = "fp32", *, fast: bool = False, max_chunk: int | None = None, malloc: bool = True
 ) -> ESRT:
     """Sets model up in place for fast CPU inference and returns it: eval mode, channels-last, sub-pixel convs
     folded (same parameters and state_dict keys).
@@ -320,10 +324,12 @@ def prepare_for_inference(
     autocast("bf16")) also computes the attention in bf16, ~1.5x faster than fp32 there with AMX units.
     max_chunk (not the reference; see esrt.model.blocked_attention) caps the attention chunk length: on large
     inputs the attention, most of the time, then costs O(N * max_chunk) instead of O(N^2 / 4).
-    Feed it `to_input(x)`. With malloc, tune_malloc() (process-wide).
+    fast sets max_chunk to FAST_MAX_CHUNK unless it is given. Feed it `to_input(x)`. With malloc,
+    tune_malloc() (process-wide).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
+    if fast and max_chunk is None:
+        max_chunk = FAST_MAX_CHUNK
     if max_chunk is not None and max_chunk < 1:
         raise ValueError(f"max_chunk must be a positive number of tokens, got {max_chunk}")
     if malloc:
