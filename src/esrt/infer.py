@@ -520,12 +520,12 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictur
         raise ImageError("is a folder")
     if path.stat().st_size == 0:
         raise ImageError("empty file")
+    tiff = _read_tiff16(path, max_pixels)
+    if tiff is not None:
+        return tiff
     with _open(path) as im:
         w, h = im.size
-        if w * h > max_pixels:
-            raise ImageError(f"{w}x{h} = {w * h} pixels is above the limit of {max_pixels} (raise --max-pixels)")
-        if w < 2 or h < 2:
-            raise ImageError(f"image is {w}x{h}: ESRT needs at least 2x2 pixels")
+        _check_size(w, h, max_pixels)
         raw = _rawmode(im)  # before load(), which clears the tiles
         wide = _read_16bit_colour(path, im)
         try:
@@ -536,6 +536,45 @@ def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Pictur
         if wide is None and im.mode == "RGBA" and raw == "LA;16B":
             pixels = pixels[..., [0, 3]]  # 16-bit grey+alpha PNG, which PIL decodes to 8-bit RGBA: back to LA
     return Picture(pixels, icc)
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageError(f"{w}x{h} = {w * h} pixels is above the limit of {max_pixels} (raise --max-pixels)")
+    if w < 2 or h < 2:
+        raise ImageError(f"image is {w}x{h}: ESRT needs at least 2x2 pixels")
+
+
+def _read_tiff16(path: Path, max_pixels: int) -> Picture | None:
+    """A 16-bit grey, grey+alpha, RGB or RGBA TIFF read by tifffile (PIL decodes 16-bit colour at 8 bits and
+    cannot open 16-bit grey+alpha), orientation tag applied; None for any other file."""
+    with path.open("rb") as f:
+        if f.read(4) not in (b"II*\x00", b"MM\x00*"):
+            return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            if not isinstance(page, tifffile.TiffPage) or page.dtype != np.uint16 or page.samplesperpixel > 4:
+                return None
+            if page.photometric not in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
+                return None
+            _check_size(page.imagewidth, page.imagelength, max_pixels)
+            pixels = page.asarray()
+            axes = page.axes
+            orientation, icc = page.tags.get(274), page.tags.get(34675)
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile raises many kinds on a broken file
+        raise ImageError(f"cannot decode ({exc or type(exc).__name__})") from None
+    if axes.startswith("S"):  # planar: (S, Y, X)
+        pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    turn = orientation.value if orientation is not None and isinstance(orientation.value, int) else 1
+    profile = icc.value if icc is not None and isinstance(icc.value, bytes) and icc.value else None
+    return Picture(orient(np.ascontiguousarray(pixels), turn), profile)
 
 
 def _read_16bit_colour(path: Path, im: ImageFile.ImageFile) -> np.ndarray | None:
@@ -600,9 +639,16 @@ def write_image(
         pixels = pixels[..., : pixels.shape[2] - 1]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if pixels.dtype == np.uint16 and pixels.shape[2] > 1:
-            data = _png16(pixels, icc) if kind == "PNG" else _tiff16(pixels, icc)
-            tmp.write_bytes(data)
+        if pixels.dtype == np.uint16 and pixels.shape[2] > 1 and kind == "PNG":
+            tmp.write_bytes(_png16(pixels, icc))
+        elif pixels.dtype == np.uint16 and pixels.shape[2] > 1:  # PIL cannot write 16-bit colour TIFF
+            import tifffile
+
+            colour = pixels.shape[2] >= 3
+            tifffile.imwrite(
+                tmp, pixels, photometric="rgb" if colour else "minisblack", compression="zlib", iccprofile=icc,
+                extrasamples=["unassalpha"] if pixels.shape[2] in (2, 4) else None,
+            )  # fmt: skip
         else:
             options: dict[str, Any] = {"icc_profile": icc} if icc and kind != "BMP" else {}
             if kind in ("JPEG", "WEBP"):
@@ -632,45 +678,6 @@ def _png16(pixels: np.ndarray, icc: bytes | None) -> bytes:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     chunks += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _png_chunk(b"IEND", b"")]
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
-
-
-def _tiff16(pixels: np.ndarray, icc: bytes | None) -> bytes:
-    """A little-endian 16-bit TIFF (one deflate strip; grey+alpha, RGB or RGBA); PIL cannot write it."""
-    H, W, C = pixels.shape
-    strip = zlib.compress(pixels.astype("<u2").tobytes(), 6)
-    extra = b"" if icc is None else icc
-    bits_at = 8  # layout: header, BitsPerSample values, ICC, strip, IFD
-    icc_at = bits_at + 2 * C
-    strip_at = icc_at + len(extra) + (len(extra) & 1)
-    ifd_at = strip_at + len(strip) + (len(strip) & 1)
-    entries: list[tuple[int, int, int, int]] = [  # tag, type (3 SHORT, 4 LONG, 7 UNDEFINED), count, value
-        (256, 4, 1, W),
-        (257, 4, 1, H),
-        (258, 3, C, bits_at if C > 2 else 16 | 16 << 16),
-        (259, 3, 1, 8),  # deflate
-        (262, 3, 1, 2 if C >= 3 else 1),  # RGB or min-is-black
-        (273, 4, 1, strip_at),
-        (277, 3, 1, C),
-        (278, 4, 1, H),
-        (279, 4, 1, len(strip)),
-        (284, 3, 1, 1),
-    ]
-    if C in (2, 4):
-        entries.append((338, 3, 1, 2))  # ExtraSamples: unassociated alpha
-    if icc:
-        entries.append((34675, 7, len(extra), icc_at))
-    entries.sort()
-    ifd = struct.pack("<H", len(entries))
-    for tag, kind, count, value in entries:
-        packed = (
-            struct.pack("<HH", value & 0xFFFF, value >> 16) if kind == 3 and count <= 2 else struct.pack("<I", value)
-        )
-        ifd += struct.pack("<HHI", tag, kind, count) + packed
-    ifd += struct.pack("<I", 0)
-    out = bytearray(struct.pack("<2sHI", b"II", 42, ifd_at))
-    out += struct.pack(f"<{C}H", *([16] * C)) + extra + b"\x00" * (len(extra) & 1)
-    out += strip + b"\x00" * (len(strip) & 1) + ifd
-    return bytes(out)
 
 
 # ----------------------------------------------------------------------------------------------------------
