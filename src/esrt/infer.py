@@ -578,7 +578,8 @@ def _read_tiff16(path: Path, max_pixels: int) -> Picture | None:
 
 
 def _read_16bit_colour(path: Path, im: ImageFile.ImageFile) -> np.ndarray | None:
-    """16-bit RGB(A) PNG/TIFF pixels, which PIL decodes to 8 bits: decoded twice, for the high and low bytes."""
+    """16-bit RGB(A) PNG pixels (16-bit TIFF goes to _read_tiff16 first), which PIL decodes to 8 bits:
+    decoded twice, for the high and low bytes."""
     raw = _rawmode(im)
     if im.mode not in ("RGB", "RGBA") or raw is None or raw[:-1] != im.mode + ";16" or raw[-1] not in "BLN":
         return None
@@ -639,16 +640,17 @@ def write_image(
         pixels = pixels[..., : pixels.shape[2] - 1]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if pixels.dtype == np.uint16 and pixels.shape[2] > 1 and kind == "PNG":
-            tmp.write_bytes(_png16(pixels, icc))
-        elif pixels.dtype == np.uint16 and pixels.shape[2] > 1:  # PIL cannot write 16-bit colour TIFF
-            import tifffile
+        if pixels.dtype == np.uint16 and pixels.shape[2] > 1:  # PIL cannot write 16-bit colour
+            if kind == "PNG":
+                tmp.write_bytes(_png16(pixels, icc))
+            else:
+                import tifffile
 
-            colour = pixels.shape[2] >= 3
-            tifffile.imwrite(
-                tmp, pixels, photometric="rgb" if colour else "minisblack", compression="zlib", iccprofile=icc,
-                extrasamples=["unassalpha"] if pixels.shape[2] in (2, 4) else None,
-            )  # fmt: skip
+                colour = pixels.shape[2] >= 3
+                tifffile.imwrite(
+                    tmp, pixels, photometric="rgb" if colour else "minisblack", compression="zlib", iccprofile=icc,
+                    extrasamples=["unassalpha"] if pixels.shape[2] in (2, 4) else None,
+                )  # fmt: skip
         else:
             options: dict[str, Any] = {"icc_profile": icc} if icc and kind != "BMP" else {}
             if kind in ("JPEG", "WEBP"):
