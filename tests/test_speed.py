@@ -43,6 +43,18 @@ def test_folded_sub_pixel_convs_are_the_same_function(scale: int) -> None:
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("size", "biases"), [((7, 5), (True, True)), ((2, 3), (True, False)), ((1, 4), (False, True))])
+def test_conv3x3_twice_is_two_convs(size: tuple[int, int], biases: tuple[bool, bool]) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, *size, generator=g, dtype=torch.float64)
+    w1, w2 = (torch.randn(c, k, 3, 3, generator=g, dtype=torch.float64) for c, k in ((6, 4), (3, 6)))
+    b1, b2 = (torch.randn(c, generator=g, dtype=torch.float64) if use else None for c, use in zip((6, 3), biases))
+    reference = F.conv2d(F.conv2d(x, w1, b1, padding=1), w2, b2, padding=1)
+    assert (speed.conv3x3_twice(x, w1, b1, w2, b2) - reference).abs().max().item() < 1e-10
+    without_ring = F.conv2d(F.conv2d(F.pad(x, (1, 1, 1, 1)), w1, b1, padding=1), w2, b2)  # ring not zeroed
+    assert (without_ring - reference).abs().max().item() > 1e-3  # the correction is needed
+
+
 def test_prepare_for_training_compiled_step_matches_eager() -> None:
     model = _model()
     reference = copy.deepcopy(model)
