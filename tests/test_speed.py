@@ -48,7 +48,9 @@ def test_conv3x3_twice_is_two_convs(size: tuple[int, int], biases: tuple[bool, b
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 4, *size, generator=g, dtype=torch.float64)
     w1, w2 = (torch.randn(c, k, 3, 3, generator=g, dtype=torch.float64) for c, k in ((6, 4), (3, 6)))
-    b1, b2 = (torch.randn(c, generator=g, dtype=torch.float64) if use else None for c, use in zip((6, 3), biases))
+    b1, b2 = (
+        torch.randn(c, generator=g, dtype=torch.float64) if use else None for c, use in zip((6, 3), biases, strict=True)
+    )
     reference = F.conv2d(F.conv2d(x, w1, b1, padding=1), w2, b2, padding=1)
     assert (speed.conv3x3_twice(x, w1, b1, w2, b2) - reference).abs().max().item() < 1e-10
     without_ring = F.conv2d(F.conv2d(F.pad(x, (1, 1, 1, 1)), w1, b1, padding=1), w2, b2)  # ring not zeroed
