@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from esrt import ESRT, speed
-from esrt.model import EMHA
+from esrt.model import EMHA, upsample_bilinear
 
 
 def _model(scale: int = 2) -> ESRT:
@@ -55,6 +55,13 @@ def test_conv3x3_twice_is_two_convs(size: tuple[int, int], biases: tuple[bool, b
     assert (speed.conv3x3_twice(x, w1, b1, w2, b2) - reference).abs().max().item() < 1e-10
     without_ring = F.conv2d(F.conv2d(F.pad(x, (1, 1, 1, 1)), w1, b1, padding=1), w2, b2)  # ring not zeroed
     assert (without_ring - reference).abs().max().item() > 1e-3  # the correction is needed
+
+
+@pytest.mark.parametrize(("small", "size"), [((3, 5), (6, 10)), ((4, 4), (9, 8)), ((1, 2), (2, 4))])
+def test_bilinear_upsampling_as_matmuls_matches_interpolate(small: tuple[int, int], size: tuple[int, int]) -> None:
+    x = torch.rand(2, 3, *small, dtype=torch.float64).float()
+    expected = upsample_bilinear(x, size)
+    assert (speed.upsample_bilinear_matmul(x, size) - expected).abs().max().item() < 1e-6
 
 
 def test_prepare_for_training_compiled_step_matches_eager() -> None:

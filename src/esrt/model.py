@@ -76,17 +76,22 @@ class ARFB(nn.Module):
         return self.e * x + self.f * t
 
 
-def _upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resizing of (B, C, h, w) to (B, C, *size) with align_corners=True, as the reference code."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 class HFM(nn.Module):
     """High-frequency filtering module: x minus the bilinear upsampling of its 2x2 average pooling."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.upsample = upsample_bilinear  # the training twin (esrt.speed) swaps in the same maths as matmuls
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (high, low): the high-frequency map at x's size and the pooled map at half size."""
         low = F.avg_pool2d(x, 2)  # (B, C, H // 2, W // 2)
-        return x - _upsample_to(low, x), low
+        return x - self.upsample(low, (x.shape[2], x.shape[3])), low
 
 
 class HPB(nn.Module):
@@ -109,7 +114,7 @@ class HPB(nn.Module):
         for _ in range(self.low_repeats):
             low = self.arfb_low(low)
         high = self.arfb_high(high)
-        t = torch.cat([_upsample_to(low, x1), high], dim=1)  # (B, 64, H, W)
+        t = torch.cat([self.hfm.upsample(low, (x1.shape[2], x1.shape[3])), high], dim=1)  # (B, 64, H, W)
         t = self.ca(F.relu(self.fusion(t)))  # (B, 32, H, W)
         return self.arfb_out(t) + x
 

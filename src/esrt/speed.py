@@ -264,7 +264,7 @@ def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
     return (1 - (position - torch.arange(n_in, dtype=torch.float64)[None]).abs()).clamp(min=0).float()
 
 
-def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample_bilinear_matmul(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """F.interpolate(x, size, mode="bilinear", align_corners=True) as two small matmuls, in fp32 even under
     autocast. Unlike the interpolation kernel, whose backward inductor compiles to a slow scatter loop, its
     backward is two matmuls again, so torch.compile can take whole HPBs."""
@@ -274,25 +274,14 @@ def upsample_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _CompiledHPB(nn.Module):
-    """Wraps an HPB (training twin only): HPB.forward with the bilinear upsampling as upsample_bilinear, the
-    whole block (its ARFBs, the frequency split, fusion and channel attention) under one torch.compile."""
+    """Wraps an HPB (training twin only): the whole block (its ARFBs, the frequency split, fusion and channel
+    attention) under one torch.compile, with its bilinear upsampling swapped for upsample_bilinear_matmul."""
 
     def __init__(self, hpb: HPB) -> None:
         super().__init__()
         self.hpb = hpb
-        self.block = torch.compile(self._block, dynamic=False)
-
-    def _block(self, x: torch.Tensor) -> torch.Tensor:
-        hpb = self.hpb
-        size = (x.shape[2], x.shape[3])
-        x1 = hpb.arfb_in(x)
-        low = F.avg_pool2d(x1, 2)
-        high = x1 - upsample_bilinear(low, size)  # the HFM
-        for _ in range(hpb.low_repeats):
-            low = hpb.arfb_low(low)
-        t = torch.cat([upsample_bilinear(low, size), hpb.arfb_high(high)], dim=1)
-        t = hpb.ca(F.relu(hpb.fusion(t)))
-        return hpb.arfb_out(t) + x
+        hpb.hfm.upsample = upsample_bilinear_matmul  # the twin's own HFM: the model keeps F.interpolate
+        self.block = torch.compile(hpb.forward, dynamic=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -332,7 +321,7 @@ def prepare_for_training(
     The whole-model torch.compile is deliberately not used: inductor turns F.unfold/F.fold, pixel_shuffle and
     the bilinear-upsampling backward into gather/scatter loops that are slower than the ATen kernels, which
     makes the whole-model compile slower than compiling the ARFBs alone (bench/train_step.py); the compiled
-    HPBs and ET avoid those ops (upsample_bilinear, unfold_tokens, fold_tokens).
+    HPBs and ET avoid those ops (upsample_bilinear_matmul, unfold_tokens, fold_tokens).
     precision is only validated here; run the forward under autocast(precision).
     """
     check_precision(precision)
