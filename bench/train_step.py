@@ -4,8 +4,8 @@ Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up 
 - fp32_plain: the straightforward step (NCHW, torch.optim.Adam, no autocast) - the reference for the ratios;
 - bf16_plain: the same with torch.autocast("cpu", dtype=torch.bfloat16);
 - esrt.speed's settings added one by one: channels-last, malloc tuning, then everything
-  (bf16_fast = esrt.speed.prepare_for_training + make_optimizer: + compiled ARFBs and ET token layer,
-  folded sub-pixel convs, fused Adam), and fp32_fast, the same in fp32.
+  (bf16_fast = esrt.speed.prepare_for_training + make_optimizer: + compiled HPBs and ET token layer,
+  upsampling branches merged into 5x5 convs, fused Adam), and fp32_fast, the same in fp32.
 Every configuration runs in its own subprocess (malloc tuning is process-wide), built and warmed up one
 after the other; then the processes take turns, `--steps` steps each, `--rounds` times, so that the
 speed drifts of a shared machine (+-20% within seconds on some sessions' CPUs) hit all of them alike.
@@ -28,8 +28,10 @@ elementwise kernels in eager mode that torch.compile fuses; the ET's token tenso
 col2im, 75-145 ms per step on channels-last input) become shifted copies fused into that compiled layer
 (esrt.speed.unfold_tokens / fold_tokens); pixel_unshuffle (the backward of the last
 PixelShuffle, channels-last) and the 3x3 conv at 192x192 disappear when that conv is folded before the
-shuffle. Whole-model torch.compile is slower than these partial compiles: inductor turns unfold/fold,
-pixel_shuffle and the bilinear-upsampling backward into slow gather/scatter loops.
+shuffle, and merging it with the conv before it (esrt.speed.conv3x3_twice) removes x4's 128-channel 96x96 map
+(1.11x on the whole step, AMD EPYC). Whole-model torch.compile of the plain model is slower than these partial
+compiles: inductor turns F.unfold/F.fold, pixel_shuffle and the bilinear-upsampling backward into slow
+gather/scatter loops (with the twin's replacements it is no faster than the partial compiles).
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class Config(NamedTuple):
     precision: str  # "fp32" or "bf16" (autocast)
     channels_last: bool
     malloc: bool  # esrt.speed.tune_malloc()
-    compile: str  # "none", "blocks" (esrt.speed's training twin: compiled ARFBs and ET tokens, folded
-    # sub-pixel convs) or "model" (whole-model torch.compile, default inductor)
+    compile: str  # "none", "blocks" (esrt.speed's training twin: compiled HPBs and ET tokens, merged
+    # upsampling convs) or "model" (whole-model torch.compile, default inductor)
     fused: bool  # fused Adam
 
 
