@@ -1,5 +1,6 @@
 """CPU speed settings for training and inference: malloc tuning, bf16 autocast, channels-last, partial
-torch.compile, fused Adam, and the last sub-pixel convolution computed before its PixelShuffle.
+torch.compile, fused Adam, and the last sub-pixel convolution computed before its PixelShuffle, merged
+with the conv before it.
 
 None of these changes the maths (bf16 autocast aside, the documented precision option): outputs match the
 plain model within float rounding (tests/test_speed.py). Measured by bench/train_step.py and bench/infer.py.
