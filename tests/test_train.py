@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import esrt.speed
 from esrt.config import TrainConfig, load_config_file
 from esrt.data import PatchDataset, StepSampler, load_pairs
 from esrt.train import DivergenceError, checkpoints, learning_rate, train
@@ -144,6 +146,19 @@ def test_divergence_stops_before_stepping_or_saving(
         train(_config(images, tmp_path, iterations=6, save_every=2))
     assert [torch.load(c, weights_only=True)["iteration"] for c in checkpoints(tmp_path)] == [2]
     assert all(torch.isfinite(w).all() for w in _weights(tmp_path).values())
+
+
+def test_auto_precision_resolves_per_machine(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    assert TrainConfig().precision == "auto"
+    monkeypatch.setattr(esrt.speed, "has_native_bf16", lambda: False)
+    assert esrt.speed.training_precision("cpu") == "fp32" and esrt.speed.training_precision("cuda") == "bf16"
+    result = train(_config(images, tmp_path, precision="auto", iterations=1))
+    assert result.notes["precision"] == "fp32"
+    assert json.loads((tmp_path / "config.json").read_text())["precision"] == "auto"
+    monkeypatch.setattr(esrt.speed, "has_native_bf16", lambda: True)
+    assert esrt.speed.training_precision("cpu") == "bf16"
 
 
 def test_config_file_and_unknown_key(tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ class TrainConfig:
     warmup: int = field(default=0, metadata={"help": "linear lr warm-up iterations"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
     eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
-    precision: str = field(default="bf16", metadata={"help": "fp32 or bf16 (autocast, fp32 master weights)"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the CPU has it natively)"},
+    )
     compile: bool = field(
         default=True, metadata={"help": "torch.compile the HPBs and the ET (esrt.speed; 1-2 min once)"}
     )
@@ -55,8 +58,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
         if self.patch < 2 or self.batch < 1 or self.iterations < 1:
             raise ValueError("patch must be >= 2, batch and iterations >= 1")
 

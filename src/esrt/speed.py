@@ -69,6 +69,20 @@ def has_amx() -> bool:
     return _cpu_has("_is_amx_tile_supported", "amx_bf16")
 
 
+def has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16 dot products)."""
+    return has_amx() or _cpu_has("_is_avx512_bf16_supported", "avx512_bf16")
+
+
+def training_precision(device_type: str = "cpu") -> str:
+    """The faster training precision here: "bf16" on CUDA and on CPUs with native bf16, else "fp32".
+
+    Measured (bench/train_step.py, x4, batch 16, LR patch 32): on an AVX2-only AMD EPYC the bf16 step took
+    13.1-15.0 s against 1.4-1.8 s in fp32 (bf16 emulated); with AVX512-BF16 it is ~1.4x faster than fp32.
+    """
+    return "bf16" if device_type == "cuda" or has_native_bf16() else "fp32"
+
+
 def fast_precision() -> str:
     """The faster inference precision on this CPU: "bf16" with AMX units, else "fp32".
 

@@ -29,7 +29,7 @@ from esrt.config import TrainConfig
 from esrt.convert import load_checkpoint, save_weights
 from esrt.data import PatchDataset, StepSampler, load_pairs, load_rgb, modcrop
 from esrt.model import ESRT
-from esrt.speed import prepare_for_training
+from esrt.speed import prepare_for_training, training_precision
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -215,9 +215,14 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     torch.manual_seed(config.seed)
     device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else None
     device = device or torch.device("cpu")
+    notes: dict[str, Any] = {}
+    if config.precision == "auto":
+        config = config.replace(precision=training_precision(device.type))
+        notes["precision"] = config.precision
+        if main:
+            print(f"precision auto: {config.precision}")
 
     model = ESRT(config.scale).to(device)
-    notes: dict[str, Any] = {}
     if config.init_from:
         notes["warm_start_skipped"] = warm_start(model, config.init_from)
     fused = config.fused_adam and device.type in ("cpu", "cuda")
