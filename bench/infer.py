@@ -39,7 +39,7 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def plain_feature_split_attention(q, k, v, splits=4, naive=False):  # type: ignore[no-untyped-def]
+def plain_feature_split_attention(q, k, v, splits=4, kernel=None):  # type: ignore[no-untyped-def]
     """The baseline: scaled_dot_product_attention called once per chunk (and for the N % 4 remainder)."""
     import torch
     import torch.nn.functional as F

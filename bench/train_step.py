@@ -53,6 +53,7 @@ class Config(NamedTuple):
     compile: str  # "none", "blocks" (esrt.speed's training twin: compiled HPBs and ET tokens, merged
     # upsampling convs) or "model" (whole-model torch.compile, default inductor)
     fused: bool  # fused Adam
+    bf16_products: bool = True  # with "blocks" and bf16: attention with bf16 products (esrt.bf16_attention)
 
 
 CONFIGS = {
@@ -63,6 +64,7 @@ CONFIGS = {
     "fp32_fast": Config("fp32", True, True, "blocks", True),  # esrt.speed, fp32
     "bf16_fast": Config("bf16", True, True, "blocks", True),  # esrt.speed, bf16: what train.py uses
     "bf16_full_compile": Config("bf16", True, True, "model", True),
+    "bf16_fast_flash": Config("bf16", True, True, "blocks", True, False),  # bf16_fast with fp32 flash attention
 }
 QUICK = ["fp32_plain", "bf16_plain", "bf16_fast"]
 
@@ -84,7 +86,12 @@ def worker(name: str, warmup: int, batch: int, patch: int, threads: int) -> None
     step_model: torch.nn.Module = model
     if cfg.compile == "blocks" or cfg.malloc or cfg.channels_last:
         step_model = speed.prepare_for_training(
-            model, precision, compile_blocks=cfg.compile == "blocks", channels_last=cfg.channels_last, malloc=cfg.malloc
+            model,
+            precision,
+            compile_blocks=cfg.compile == "blocks",
+            channels_last=cfg.channels_last,
+            malloc=cfg.malloc,
+            bf16_products=cfg.bf16_products,
         )
     if cfg.compile == "model":
         step_model = torch.compile(step_model)  # type: ignore[assignment]
@@ -153,7 +160,7 @@ def main() -> None:
         worker(args.worker, args.warmup, args.batch, args.patch, args.threads)
         return
 
-    names = QUICK if args.quick else [n for n in CONFIGS if n != "bf16_full_compile"]
+    names = QUICK if args.quick else [n for n in CONFIGS if n not in ("bf16_full_compile", "bf16_fast_flash")]
     if args.configs:
         names = args.configs.split(",")
     if args.full_compile and "bf16_full_compile" not in names:

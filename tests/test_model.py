@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from esrt import ESRT, forward_chop, load_model
-from esrt.model import EMHA, blocked_attention, feature_split_attention, set_naive_attention
+from esrt.model import EMHA, blocked_attention, feature_split_attention, naive_kernel, set_naive_attention
 
 from .conftest import OFFICIAL
 
@@ -65,7 +65,7 @@ def test_feature_split_chunks(n: int) -> None:
 def test_blocked_attention_chunks(n: int, cap: int) -> None:
     q, k, v = torch.randn(3, 2, 8, n, 18).unbind(0)
     out = blocked_attention(q, k, v, cap)
-    oracle = blocked_attention(q, k, v, cap, naive=True)
+    oracle = blocked_attention(q, k, v, cap, naive_kernel)
     assert torch.allclose(out, oracle, atol=1e-5)
     chunks = -(-n // cap)
     size, longer = divmod(n, chunks)

@@ -6,6 +6,8 @@ sections 3.1-3.3, numerically identical to the reference code luissen/ESRT (see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,14 +137,27 @@ class LCB(nn.Module):
         return self.fusion(torch.cat(outputs, dim=1))  # (B, 96, H, W) -> (B, 32, H, W)
 
 
+AttentionKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""softmax(q k^T * ATTENTION_SCALE) v for q, k, v of shape (B, heads, L, d): attention within each chunk."""
+
+
+def sdpa_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The fused kernel (scaled_dot_product_attention), which never materialises the (L, L) matrix."""
+    return F.scaled_dot_product_attention(q, k, v, scale=ATTENTION_SCALE)
+
+
+def naive_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The explicit softmax(QK^T)V oracle (tests): materialises every (L, L) matrix."""
+    return torch.softmax(q @ k.transpose(-2, -1) * ATTENTION_SCALE, dim=-1) @ v
+
+
 def _attend_in_chunks(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[tuple[int, int, int]], naive: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: list[tuple[int, int, int]], kernel: AttentionKernel
 ) -> torch.Tensor:
     """Attention inside chunks: each (start, stop, count) segment of the token axis is cut into count equal
     consecutive chunks, and every token attends only to the tokens of its own chunk.
 
-    q, k, v: (B, heads, N, d). With naive=False each segment goes through one scaled_dot_product_attention
-    call, which never materialises a chunk's L x L matrix; naive=True is the explicit softmax(QK^T)V oracle.
+    q, k, v: (B, heads, N, d). Each segment goes through one kernel call on (B, heads * count, L, d).
     """
     B, heads, N, d = q.shape
     outputs = []
@@ -152,17 +167,12 @@ def _attend_in_chunks(
         qc, kc, vc = (
             t[:, :, start:stop].reshape(B, heads * count, (stop - start) // count, d) for t in (q, k, v)
         )  # (B, heads * count, L, d): 4-D, as the fused CPU kernel requires
-        if naive:
-            attn = torch.softmax(qc @ kc.transpose(-2, -1) * ATTENTION_SCALE, dim=-1)  # (B, h * c, L, L)
-            out = attn @ vc
-        else:
-            out = F.scaled_dot_product_attention(qc, kc, vc, scale=ATTENTION_SCALE)
-        outputs.append(out.reshape(B, heads, stop - start, d))
+        outputs.append(kernel(qc, kc, vc).reshape(B, heads, stop - start, d))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (B, heads, N, d)
 
 
 def feature_split_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int = SPLITS, naive: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, splits: int = SPLITS, kernel: AttentionKernel = sdpa_kernel
 ) -> torch.Tensor:
     """The paper's Feature Split: attention inside consecutive token chunks of length N // splits, plus a chunk
     of the last N % splits tokens (the reference's quirk). q, k, v: (B, heads, N, d)."""
@@ -170,11 +180,11 @@ def feature_split_attention(
     size = N // splits
     if size == 0:
         raise ValueError(f"feature split needs at least {splits} tokens, got {N}")
-    return _attend_in_chunks(q, k, v, [(0, size * splits, splits), (size * splits, N, 1)], naive)
+    return _attend_in_chunks(q, k, v, [(0, size * splits, splits), (size * splits, N, 1)], kernel)
 
 
 def blocked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_chunk: int, naive: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_chunk: int, kernel: AttentionKernel = sdpa_kernel
 ) -> torch.Tensor:
     """Not the reference: attention inside ceil(N / max_chunk) consecutive chunks of near-equal length (they
     differ by at most one token). The fast inference mode: attention costs O(N * max_chunk), not O(N^2 / 4);
@@ -183,7 +193,7 @@ def blocked_attention(
     chunks = -(-N // max_chunk)
     size, longer = divmod(N, chunks)  # `longer` chunks of size + 1 first, then chunks of size
     cut = longer * (size + 1)
-    return _attend_in_chunks(q, k, v, [(0, cut, longer), (cut, N, chunks - longer)], naive)
+    return _attend_in_chunks(q, k, v, [(0, cut, longer), (cut, N, chunks - longer)], kernel)
 
 
 class EMHA(nn.Module):
@@ -196,15 +206,15 @@ class EMHA(nn.Module):
         self.reduction = nn.Linear(dim, dim // 2, bias=False)
         self.qkv = nn.Linear(dim // 2, 3 * (dim // 2), bias=False)
         self.expansion = nn.Linear(dim // 2, dim)
-        self.naive = False  # True only for tests: the explicit softmax(QK^T)V oracle
+        self.kernel: AttentionKernel = sdpa_kernel  # naive_kernel in tests; the CPU training twin's bf16 one
         self.fp32_attention = True  # False: attention in the autocast dtype (esrt.speed.prepare_for_inference)
         self.max_chunk: int | None = None  # fast mode (esrt.speed): cap the chunk length, see blocked_attention
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Feature Split attention, or blocked attention when max_chunk is set and the chunks would be longer."""
         if self.max_chunk is not None and q.shape[2] // self.splits > self.max_chunk:
-            return blocked_attention(q, k, v, self.max_chunk, naive=self.naive)
-        return feature_split_attention(q, k, v, self.splits, naive=self.naive)
+            return blocked_attention(q, k, v, self.max_chunk, self.kernel)
+        return feature_split_attention(q, k, v, self.splits, self.kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -307,4 +317,4 @@ def set_naive_attention(model: nn.Module, naive: bool) -> None:
     """Switches every EMHA of model to the explicit softmax(QK^T)V oracle (tests only) or back to SDPA."""
     for module in model.modules():
         if isinstance(module, EMHA):
-            module.naive = naive
+            module.kernel = naive_kernel if naive else sdpa_kernel
