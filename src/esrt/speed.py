@@ -102,7 +102,8 @@ def check_precision(precision: str) -> None:
 
 
 def autocast(precision: str, device_type: str = "cpu") -> contextlib.AbstractContextManager[Any]:
-    """The forward pass's precision: bf16 autocast (fp32 master weights, fp32 attention) or plain fp32."""
+    """The forward pass's precision: bf16 autocast (fp32 master weights; the attention as EMHA.fp32_attention
+    says) or plain fp32."""
     check_precision(precision)
     if precision == "fp32":
         return contextlib.nullcontext()

@@ -29,7 +29,7 @@ from esrt.config import TrainConfig
 from esrt.convert import load_checkpoint, save_weights
 from esrt.data import PatchDataset, StepSampler, load_pairs, load_rgb, modcrop
 from esrt.model import ESRT
-from esrt.speed import prepare_for_training, training_precision
+from esrt.speed import autocast, prepare_for_training, training_precision
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -268,7 +268,6 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     val_images = validation_images(config.val_dir, config.scale) if (config.val_dir and main) else []
 
     log = _Logger(out_dir, enabled=main)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     end = min(config.iterations, start + config.stop_after) if config.stop_after else config.iterations
     last_save = time.monotonic()
     psnr = float("nan")
@@ -289,7 +288,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             lr_batch, hr_batch = next(batches)
             lr_batch = lr_batch.to(device, memory_format=memory_format)
             hr_batch = hr_batch.to(device)
-            with autocast:
+            with autocast(config.precision, device.type):
                 sr = step_model(lr_batch)
             loss = F.l1_loss(sr.float(), hr_batch)
             optimizer.zero_grad(set_to_none=True)
