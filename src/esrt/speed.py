@@ -337,7 +337,7 @@ def prepare_for_training(
       model itself stays plain eager code: deepcopy it (EMA), validate, export and save it as usual.
       Without compile_blocks, model itself is returned;
     - with compile_blocks, bf16_products, precision "bf16" and model on the CPU, the twin's attention is
-      esrt.bf16_attention (bf16 matrix products, 1.7x faster than the fp32 flash kernel) instead of fp32 SDPA;
+      esrt.bf16_attention (bf16 matrix products, 1.5-1.8x faster than the fp32 flash kernel) instead of fp32 SDPA;
     - tune_malloc() when malloc is true (process-wide).
 
     The whole-model torch.compile is deliberately not used: inductor turns F.unfold/F.fold, pixel_shuffle and
