@@ -4,8 +4,9 @@
 PyTorch's CPU flash-attention kernels are slow at ESRT's head width of 18: at batch 16 and LR patch 48 the fp32
 kernel's forward and backward took 0.56 s of a 1.45 s bf16 training step (AMD EPYC with AVX512-BF16), and the
 bf16 kernel is slower still. Here the six matrix products (two forward, four backward) are bf16 batched
-matmuls (oneDNN, fp32 accumulation) over groups of a few chunks whose (L, L) score matrices stay in cache, with the softmax and its backward as the ATen kernels on those groups; the probabilities are kept in
-bf16 for the backward (2 bytes per score, 340 MB at batch 16, patch 48), so nothing is recomputed. The result
+matmuls (oneDNN, fp32 accumulation) over groups of a few chunks whose (L, L) score matrices stay in cache,
+with the softmax and its backward as the ATen kernels on those groups; the probabilities are kept in bf16 for
+the backward (2 bytes per score, 340 MB at batch 16, patch 48), so nothing is recomputed. The result
 is as precise as bf16 autocast allows: on inputs rounded to bf16 the error against float64 roughly doubles
 (0.5% -> 0.9% relative, outputs and gradients alike).
 
