@@ -21,7 +21,9 @@ run) wall times mean little: two 2-thread OpenMP processes on 2 cores slow each 
 niced with --threads 1 and read the CPU seconds, which stay close to the single-thread work.
 
 Why these settings (torch.profiler, bf16 step, 2 cores with AMX): the CPU bf16 flash-attention backward at
-head width 18 took 35% of the step (fp32 attention is 4x faster there; model.py runs it in fp32); glibc
+head width 18 took 35% of the step (fp32 attention is 4x faster there; model.py runs it in fp32), and the fp32
+flash kernels still 38% on an AMD EPYC with AVX512-BF16, where the twin's attention as bf16 matrix products
+(esrt.bf16_attention) made the step 1.26x faster (bf16_fast_flash vs bf16_fast); glibc
 page faults ~600k pages per step (15-20%); the learnable scalars, PReLU and CA of the ARFBs are ~660 small
 elementwise kernels in eager mode that torch.compile fuses; the ET's token tensors (16, 2304, 288) go through
 ~14 autocast casts and mixed-dtype adds that compile fuses too, and F.unfold/F.fold around them (im2col and
