@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 
 from esrt import bf16_attention as bf16_module
-from esrt import speed
 from esrt.model import ATTENTION_SCALE, sdpa_kernel
+from esrt.runtime import tune_malloc
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--groups", default="1,2,4,8,16", help="chunks per group for esrt.bf16_attention")
     args = parser.parse_args()
-    speed.tune_malloc()  # as the trainer: otherwise every call page-faults its score buffers anew
+    tune_malloc()  # as the trainer: otherwise every call page-faults its score buffers anew
     length = args.patch * args.patch // 4
     g = torch.Generator().manual_seed(0)
     q, k, v, grad = (torch.randn(args.batch, 32, length, 18, generator=g) for _ in range(4))

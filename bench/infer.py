@@ -1,13 +1,13 @@
-"""Benchmark of whole-image inference (issue 3): ESRT x4, random weights, one LR image, no tiling.
+"""Benchmark of whole-image inference: ESRT x4, random weights, one LR image, no tiling.
 
 Prints JSON: seconds (median of --runs forward passes after one warm-up) and peak resident memory (MiB,
 ru_maxrss of a fresh subprocess per measurement, so the numbers include Python and torch) for
 - plain_sdpa_fp32: the baseline - the model with each feature-split chunk sent to scaled_dot_product_attention
   one chunk at a time (PLAIN_ATTENTION below), NCHW fp32, default allocator: no other optimisation;
-- fp32: the package's fp32 inference path (esrt.speed.prepare_for_inference(model, "fp32"));
+- fp32: the package's fp32 inference path (esrt.runtime.prepare_for_inference(model, "fp32"));
 - bf16: prepare_for_inference(model, "bf16") + bf16 autocast (attention in bf16 too);
-- fast: the fast mode (`esrt upscale --fast`): blocked attention with chunks of at most
-  esrt.speed.FAST_MAX_CHUNK tokens, in esrt.speed.fast_precision() (bf16 with AMX, else fp32);
+- fast: the fast mode (the default of `esrt upscale`): blocked attention with chunks of at most
+  esrt.runtime.FAST_MAX_CHUNK tokens, in esrt.runtime.fast_precision() (bf16 with AMX, else fp32);
 - naive_fp32 at --naive-size (160x90): the explicit softmax(QK^T)V oracle, which materialises each chunk's
   attention matrix (the reference code's memory behaviour).
 Outputs are compared with the baseline's (max abs difference). With --weights (trained x4 weights, e.g.
@@ -61,7 +61,7 @@ def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str
     import torch
 
     import esrt.model
-    from esrt import ESRT, speed
+    from esrt import ESRT, runtime
 
     if threads:
         torch.set_num_threads(threads)
@@ -73,13 +73,13 @@ def worker(mode: str, size: str, runs: int, threads: int, save: str) -> dict[str
     if mode == "plain_sdpa_fp32":
         esrt.model.feature_split_attention = plain_feature_split_attention  # type: ignore[assignment]
     elif mode == "naive_fp32":
-        esrt.model.set_naive_attention(model, True)
+        esrt.model.configure_attention(model, kernel=esrt.model.naive_kernel)
     else:
-        precision = {"fp32": "fp32", "bf16": "bf16", "fast": speed.fast_precision()}[mode]
-        speed.prepare_for_inference(model, precision, fast=mode == "fast")
-        x = speed.to_input(x)
+        precision = {"fp32": "fp32", "bf16": "bf16", "fast": runtime.fast_precision()}[mode]
+        runtime.prepare_for_inference(model, precision, fast=mode == "fast")
+        x = runtime.to_input(x)
     times, cpu_times, out = [], [], x
-    with torch.inference_mode(), speed.autocast(precision):
+    with torch.inference_mode(), runtime.autocast(precision):
         for i in range(runs + 1):
             start, cpu_start = time.perf_counter(), time.process_time()
             out = model(x)
@@ -105,8 +105,8 @@ def set5_psnr(weights: str, threads: int) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from esrt import load_model, speed
-    from esrt.evaluate import default_data_root, load_lr, make_esrt_runner, modcrop, read_image, resolve_set
+    from esrt import load_model, runtime
+    from esrt.evaluate import default_data_root, load_lr, make_esrt_runner, read_image, resolve_set, scorable_crop
     from esrt.metrics import psnr, rgb_to_y
 
     if threads:
@@ -114,7 +114,7 @@ def set5_psnr(weights: str, threads: int) -> dict[str, float]:
     bench = resolve_set("Set5", 4, default_data_root())
     images = []
     for path in bench.hr_files:
-        hr = modcrop(read_image(path), 4, path)
+        hr = scorable_crop(read_image(path), 4, path)
         images.append((hr, load_lr(bench, path, hr, 4)))
 
     plain_model = load_model(weights, scale=4)
@@ -129,7 +129,7 @@ def set5_psnr(weights: str, threads: int) -> dict[str, float]:
         "plain_fp32": plain,
         "fp32": make_esrt_runner(load_model(weights, scale=4), precision="fp32"),
         "bf16": make_esrt_runner(load_model(weights, scale=4), precision="bf16"),
-        "fast": make_esrt_runner(load_model(weights, scale=4), precision=speed.fast_precision(), fast=True),  # type: ignore[arg-type]
+        "fast": make_esrt_runner(load_model(weights, scale=4), precision=runtime.fast_precision(), fast=True),  # type: ignore[arg-type]
     }
     result = {}
     for mode, run in runners.items():
@@ -159,7 +159,7 @@ def main() -> None:
 
     import numpy as np
 
-    from esrt import speed
+    from esrt import runtime
 
     results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +185,7 @@ def main() -> None:
         "benchmark": f"x4 inference, random weights, LR {args.size}, whole image",
         "command": "python " + " ".join(sys.argv),
         "torch": __import__("torch").__version__,
-        "amx": speed.has_amx(),
+        "amx": runtime.has_amx(),
         "loadavg_at_start_end": None,
         "results": results,
     }

@@ -1,4 +1,4 @@
-"""Loss curves of the straightforward fp32 trainer and of the fast one (bf16 + every esrt.speed setting).
+"""Loss curves of the straightforward fp32 trainer and of the fast one (bf16 + every speed setting).
 
 Both runs start from the same weights and see the same patches (sampling is a pure function of the seed and
 the sample number), so the curves differ only by the arithmetic. Prints JSON: the mean L1 loss per window of
@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from esrt.config import TrainConfig
-from esrt.train import train
+from esrt.train import TrainConfig, train
 
 RUNS = {
     "fp32_plain": {"precision": "fp32", "compile": False, "fused_adam": False, "channels_last": False},

@@ -3,8 +3,9 @@
 Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up excluded) for
 - fp32_plain: the straightforward step (NCHW, torch.optim.Adam, no autocast) - the reference for the ratios;
 - bf16_plain: the same with torch.autocast("cpu", dtype=torch.bfloat16);
-- esrt.speed's settings added one by one: channels-last, malloc tuning, then everything
-  (bf16_fast = esrt.speed.prepare_for_training + make_optimizer: + compiled HPBs and ET token layer,
+- the trainer's speed settings (esrt.runtime, esrt.rewrites, esrt.train.twin) added one by one: channels-last,
+  malloc tuning, then everything
+  (bf16_fast = esrt.train.twin.prepare_for_training + make_optimizer: + compiled HPBs and ET token layer,
   upsampling branches merged into 5x5 convs, fused Adam), and fp32_fast, the same in fp32.
 Every configuration runs in its own subprocess (malloc tuning is process-wide), built and warmed up one
 after the other; then the processes take turns, `--steps` steps each, `--rounds` times, so that the
@@ -28,9 +29,9 @@ page faults ~600k pages per step (15-20%); the learnable scalars, PReLU and CA o
 elementwise kernels in eager mode that torch.compile fuses; the ET's token tensors (16, 2304, 288) go through
 ~14 autocast casts and mixed-dtype adds that compile fuses too, and F.unfold/F.fold around them (im2col and
 col2im, 75-145 ms per step on channels-last input) become shifted copies fused into that compiled layer
-(esrt.speed.unfold_tokens / fold_tokens); pixel_unshuffle (the backward of the last
+(esrt.rewrites.unfold_tokens / fold_tokens); pixel_unshuffle (the backward of the last
 PixelShuffle, channels-last) and the 3x3 conv at 192x192 disappear when that conv is folded before the
-shuffle, and merging it with the conv before it (esrt.speed.conv3x3_twice) removes x4's 128-channel 96x96 map
+shuffle, and merging it with the conv before it (esrt.rewrites.conv3x3_twice) removes x4's 128-channel 96x96 map
 (1.11x on the whole step, AMD EPYC). Whole-model torch.compile of the plain model is slower than these partial
 compiles: inductor turns F.unfold/F.fold, pixel_shuffle and the bilinear-upsampling backward into slow
 gather/scatter loops (with the twin's replacements it is no faster than the partial compiles).
@@ -51,8 +52,8 @@ from typing import NamedTuple
 class Config(NamedTuple):
     precision: str  # "fp32" or "bf16" (autocast)
     channels_last: bool
-    malloc: bool  # esrt.speed.tune_malloc()
-    compile: str  # "none", "blocks" (esrt.speed's training twin: compiled HPBs and ET tokens, merged
+    malloc: bool  # esrt.runtime.tune_malloc()
+    compile: str  # "none", "blocks" (esrt.train.twin: compiled HPBs and ET tokens, merged
     # upsampling convs) or "model" (whole-model torch.compile, default inductor)
     fused: bool  # fused Adam
     bf16_products: bool = True  # with "blocks" and bf16: attention with bf16 products (esrt.bf16_attention)
@@ -63,8 +64,8 @@ CONFIGS = {
     "bf16_plain": Config("bf16", False, False, "none", False),
     "bf16_channels_last": Config("bf16", True, False, "none", False),
     "bf16_channels_last_malloc": Config("bf16", True, True, "none", False),
-    "fp32_fast": Config("fp32", True, True, "blocks", True),  # esrt.speed, fp32
-    "bf16_fast": Config("bf16", True, True, "blocks", True),  # esrt.speed, bf16: what train.py uses
+    "fp32_fast": Config("fp32", True, True, "blocks", True),  # the training twin, fp32
+    "bf16_fast": Config("bf16", True, True, "blocks", True),  # the training twin, bf16: what `esrt train` uses
     "bf16_full_compile": Config("bf16", True, True, "model", True),
     "bf16_fast_flash": Config("bf16", True, True, "blocks", True, False),  # bf16_fast with fp32 flash attention
 }
@@ -77,7 +78,9 @@ def worker(name: str, warmup: int, batch: int, patch: int, threads: int) -> None
     import torch
     import torch.nn.functional as F
 
-    from esrt import ESRT, speed
+    from esrt import ESRT
+    from esrt.runtime import autocast, to_input
+    from esrt.train.twin import make_optimizer, prepare_for_training
 
     if threads:
         torch.set_num_threads(threads)
@@ -87,7 +90,7 @@ def worker(name: str, warmup: int, batch: int, patch: int, threads: int) -> None
     precision = cfg.precision
     step_model: torch.nn.Module = model
     if cfg.compile == "blocks" or cfg.malloc or cfg.channels_last:
-        step_model = speed.prepare_for_training(
+        step_model = prepare_for_training(
             model,
             precision,
             compile_blocks=cfg.compile == "blocks",
@@ -98,17 +101,17 @@ def worker(name: str, warmup: int, batch: int, patch: int, threads: int) -> None
     if cfg.compile == "model":
         step_model = torch.compile(step_model)  # type: ignore[assignment]
     if cfg.fused:
-        optimizer = speed.make_optimizer(model.parameters(), lr=2e-4)
+        optimizer = make_optimizer(model.parameters(), lr=2e-4)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999), eps=1e-8)
     g = torch.Generator().manual_seed(1)
     lr = torch.rand(batch, 3, patch, patch, generator=g)
     hr = torch.rand(batch, 3, 4 * patch, 4 * patch, generator=g)
     if cfg.channels_last:
-        lr = speed.to_input(lr)
+        lr = to_input(lr)
 
     def step() -> float:
-        with speed.autocast(precision):
+        with autocast(precision):
             sr = step_model(lr)
         loss = F.l1_loss(sr.float(), hr)
         optimizer.zero_grad(set_to_none=True)

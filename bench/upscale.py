@@ -15,8 +15,9 @@ import time
 import numpy as np
 import torch
 
-from esrt.infer import DEFAULT_OVERLAP, TorchUpscaler, auto_tile_size, available_memory, tile_starts, upscale_pixels
 from esrt.model import ESRT
+from esrt.tiling import DEFAULT_OVERLAP, auto_tile_size, available_memory, tile_starts
+from esrt.upscale import TorchUpscaler, upscale_pixels
 
 
 def peak_rss_mib() -> float:

@@ -1,7 +1,7 @@
 """Takes docs/demo.png: the `esrt demo` page in headless Chromium after one upscale, slider in the middle.
 
 Run: python docs/demo_screenshot.py --weights W.safetensors --image IMG.png [--out docs/demo.png]; needs
-chromium, chromium-driver and selenium (the dev extra), like tests/test_demo.py.
+chromium, chromium-driver and selenium (the dev extra), like tests/test_demo_server.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from esrt.demo import DemoConfig, create_app, load_models, serve
+from esrt.demo import DemoConfig, create_app, load_models_by_scale, serve
 
 FLAGS = (
     "--headless",
@@ -45,7 +45,7 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    models = load_models(args.weights, device="cpu")
+    models = load_models_by_scale(args.weights, device="cpu")
     app = create_app(models, DemoConfig())
     server = serve(app, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

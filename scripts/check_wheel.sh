@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds the wheel, installs it with torch into a fresh venv outside the repository and upscales an image
-# at x2, x3 and x4 with the shipped weights (no ../shared, no source tree). Run from anywhere:
+# at x2, x3 and x4 with the shipped weights (no data sets, no source tree). Run from anywhere:
 #   scripts/check_wheel.sh [WORKDIR]        # WORKDIR default /tmp/esrt-wheel-check (deleted first)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -15,9 +15,9 @@ from esrt.cli import main
 from esrt.evaluate import BenchmarkSet, evaluate, load_lr
 from esrt.metrics import psnr, rgb_to_y
 
-from .conftest import DATA
+from .conftest import data_path
 
-# Published Bicubic rows (ESRT_SPEC.md, "Evaluation protocol"): PSNR / SSIM
+# Published Bicubic rows (docs/evaluation.md): PSNR / SSIM
 PUBLISHED = {
     ("Set5", 2): (33.66, 0.9299),
     ("Set5", 3): (30.39, 0.8682),
@@ -30,7 +30,7 @@ PUBLISHED = {
 
 @pytest.mark.parametrize(("name", "scale"), list(PUBLISHED))
 def test_bicubic_reproduces_published_rows(name: str, scale: int) -> None:
-    (result,) = evaluate([name], scale, method="bicubic", data_root=DATA, progress=False)
+    (result,) = evaluate([name], scale, method="bicubic", data_root=data_path(), progress=False)
     assert len(result.images) == {"Set5": 5, "Set14": 14}[name]
     psnr_ref, ssim_ref = PUBLISHED[name, scale]
     assert abs(result.psnr - psnr_ref) <= 0.01
@@ -137,3 +137,25 @@ def test_esrt_method_json_schema_and_outputs(tiny_set: Path, tmp_path: Path) -> 
 def test_missing_weights_is_a_clear_error(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["eval", "--method", "esrt", "--scale", "2", "--sets", str(tiny_set)]
     _one_line_error(capsys, [*argv, "--weights", str(tmp_path / "none.pth")], "none.pth")
+
+
+def test_eval_is_exact_by_default_and_fast_on_request(tmp_path: Path) -> None:
+    """LR 66x64 = 4224 tokens: the fast mode's capped chunks differ from the Feature Split there."""
+    rng = np.random.default_rng(2)
+    _write(tmp_path / "big" / "a.png", rng.integers(0, 256, (132, 128, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    model = esrt.ESRT(2).eval()
+    weights = tmp_path / "x2.safetensors"
+    esrt.save_weights(model, weights)
+    saved = {}
+    for fast in (False, True):
+        evaluate([str(tmp_path / "big")], 2, weights=weights, fast=fast, save_dir=tmp_path / str(fast), progress=False)
+        saved[fast] = np.asarray(Image.open(tmp_path / str(fast) / "big" / "x2" / "a.png"))
+    lr = torch.from_numpy(esrt.imresize(np.asarray(Image.open(tmp_path / "big" / "a.png")), 1 / 2))
+    with torch.no_grad():
+        plain = model(lr.permute(2, 0, 1)[None].float() / 255).clamp(0, 1).mul(255).round().to(torch.uint8)
+    # the reference function (float rounding of the prepared model may move a value across a rounding boundary)
+    off = np.abs(saved[False].astype(int) - plain[0].permute(1, 2, 0).numpy())
+    assert off.max() <= 1 and (off > 0).mean() < 1e-3
+    changed = np.abs(saved[True].astype(int) - saved[False])
+    assert (changed > 0).mean() > 0.01  # fast mode is another function at this size

@@ -15,8 +15,8 @@ from PIL import Image
 
 from esrt.cli import main
 from esrt.convert import save_weights
-from esrt.infer import upscale
-from esrt.model import ESRT
+from esrt.model import EMHA, ESRT
+from esrt.upscale import TorchUpscaler, upscale
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -49,11 +49,32 @@ def test_onnx_matches_torch(model: ESRT, exported: Path, batch: int, h: int, w: 
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize(("h", "w"), [(66, 64), (65, 64)])
+def test_fast_mode_is_the_default_and_exact_is_an_option(
+    model: ESRT, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], h: int, w: int
+) -> None:
+    """N = 4224 (5 chunks, 4 of them one token longer) and 4160 (5 equal chunks): above 4 x 1024 tokens the
+    fast graph computes blocked attention, the exact one the Feature Split, each as PyTorch does."""
+    weights = tmp_path / "w.safetensors"
+    save_weights(model, weights)
+    assert main(["export", "--onnx", str(tmp_path / "exact.onnx"), "--weights", str(weights), "--exact"]) == 0
+    assert "exact mode" in capsys.readouterr().out
+    x = np.random.default_rng(h).random((3, h, w), dtype=np.float32)
+    fast_onnx, exact_onnx = OnnxUpscaler(exported), OnnxUpscaler(tmp_path / "exact.onnx")
+    assert fast_onnx.fast and not exact_onnx.fast
+    fast_torch, exact_torch = TorchUpscaler(model, fast=True)(x), TorchUpscaler(model)(x)
+    assert np.abs(fast_torch - exact_torch).max() > 1e-3  # the two modes differ at this size
+    np.testing.assert_allclose(fast_onnx(x), fast_torch, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(exact_onnx(x), exact_torch, atol=1e-4, rtol=0)
+    assert EMHA.attend.__module__ == "esrt.model"  # the export-time replacement was undone
+
+
 def test_graph_is_dynamic_and_records_opset(exported: Path) -> None:
     proto = onnx.load(str(exported))
     assert {o.domain: o.version for o in proto.opset_import}[""] == OPSET
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["scale"] == "2" and meta["opset"] == str(OPSET) and meta["format"] == "esrt"
+    assert meta["max_chunk"] == "1024"  # the fast mode, the default
     dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", "", "height", "width"]
     assert F.fold.__module__ == "torch.nn.functional"  # the export-time replacement was undone
@@ -74,6 +95,8 @@ def test_onnx_backend_in_upscale_and_cli(
         assert np.abs(np.asarray(im).astype(int) - via_torch).max() <= 1
     assert main(["upscale", str(tmp_path / "a.png"), "--backend", "onnx", "--weights", str(tmp_path / "a.png")]) == 1
     assert "not a readable ONNX model" in capsys.readouterr().err
+    assert main([*args, "--weights", str(exported), "--exact"]) == 1  # the file holds the fast graph
+    assert "esrt export --exact" in capsys.readouterr().err
 
 
 def test_export_cli(

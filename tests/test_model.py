@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from esrt import ESRT, forward_chop, load_model
-from esrt.model import EMHA, blocked_attention, feature_split_attention, naive_kernel, set_naive_attention
+from esrt.model import (
+    EMHA,
+    AttentionSettings,
+    blocked_attention,
+    configure_attention,
+    feature_split_attention,
+    naive_kernel,
+    sdpa_kernel,
+)
 
-from .conftest import OFFICIAL
+from .conftest import fixture_path
 
 OURS = {2: 677_771, 3: 770_251, 4: 751_755}
 PAPER = {2: 677_783, 3: 770_263, 4: 751_767}
@@ -24,9 +32,9 @@ def test_parameter_counts(scale: int) -> None:
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_reference_parity(scale: int) -> None:
-    model = load_model(OFFICIAL / f"esrt_x{scale}_random.pth")
+    model = load_model(fixture_path(f"esrt_x{scale}_random.pth"))
     assert model.scale == scale
-    io = np.load(OFFICIAL / f"esrt_x{scale}_io.npz")
+    io = np.load(fixture_path(f"esrt_x{scale}_io.npz"))
     with torch.no_grad():
         for name in ("48x48", "37x45_batch2"):
             out = model(torch.from_numpy(io[f"in_{name}"]))
@@ -45,7 +53,7 @@ def test_sdpa_equals_naive_oracle(h: int, w: int) -> None:
     x = torch.rand(2, 3, h, w)
     with torch.no_grad():
         fast = model(x)
-        set_naive_attention(model, True)
+        configure_attention(model, kernel=naive_kernel)
         naive = model(x)
     assert (fast - naive).abs().max().item() < 1e-5
 
@@ -84,11 +92,39 @@ def test_emha_max_chunk_only_acts_above_the_cap() -> None:
     x = torch.randn(1, 64, 288)
     with torch.no_grad():
         reference = emha(x)  # chunks of 16 tokens
-        emha.max_chunk = 16
+        configure_attention(emha, max_chunk=16)
         assert torch.equal(emha(x), reference)
-        emha.max_chunk = 8  # 8 chunks of 8: another function
+        configure_attention(emha, max_chunk=8)  # 8 chunks of 8: another function
         blocked = emha(x)
     assert not torch.allclose(blocked, reference, atol=1e-3)
+
+
+def test_configure_attention_sets_every_emha_and_resets() -> None:
+    model = ESRT(2)
+    configure_attention(model, kernel=naive_kernel, max_chunk=5, low_precision=True)
+    emhas = [m for m in model.modules() if isinstance(m, EMHA)]
+    assert emhas and all(m.settings == AttentionSettings(naive_kernel, 5, True) for m in emhas)
+    configure_attention(model)  # the paper's attention again
+    assert all(m.settings == AttentionSettings(sdpa_kernel, None, False) for m in emhas)
+    with pytest.raises(ValueError, match="max_chunk must be a positive number of tokens, got 0"):
+        configure_attention(model, max_chunk=0)
+
+
+def test_attention_in_fp32_under_autocast_unless_low_precision() -> None:
+    """The attention kernel sees fp32 under bf16 autocast by default, bf16 with low_precision."""
+    seen: list[torch.dtype] = []
+
+    def spy(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        seen.append(q.dtype)
+        return sdpa_kernel(q, k, v)
+
+    emha = EMHA()
+    x = torch.randn(1, 16, 288)
+    for low in (False, True):
+        configure_attention(emha, kernel=spy, low_precision=low)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            emha(x)
+    assert seen == [torch.float32, torch.bfloat16]
 
 
 def test_no_attention_matrix_is_materialised() -> None:
@@ -134,8 +170,8 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_bf16_autocast_close_to_fp32() -> None:
-    model = load_model(OFFICIAL / "esrt_x4_random.pth")
-    x = torch.from_numpy(np.load(OFFICIAL / "esrt_x4_io.npz")["in_48x48"])
+    model = load_model(fixture_path("esrt_x4_random.pth"))
+    x = torch.from_numpy(np.load(fixture_path("esrt_x4_io.npz"))["in_48x48"])
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -15,16 +15,16 @@ _LAZY = {
     "load_model": "esrt.pretrained",
     "save_weights": "esrt.convert",
     "forward_chop": "esrt.chop",
-    "upscale": "esrt.infer",
 }
 
-# Eager (numpy only): importing the submodule esrt.imresize would otherwise rebind the name to the module.
+# Eager (numpy and PIL, no torch): importing the submodules esrt.imresize and esrt.upscale would otherwise
+# rebind these names to the modules.
 from esrt.imresize import imresize  # noqa: E402
+from esrt.upscale import upscale  # noqa: E402
 
 if TYPE_CHECKING:
     from esrt.chop import forward_chop
     from esrt.convert import save_weights
-    from esrt.infer import upscale
     from esrt.model import ESRT
     from esrt.pretrained import load_model
 

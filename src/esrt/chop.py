@@ -1,6 +1,6 @@
 """The reference test-time tiling (`forward_chop`): four overlapping quadrants, recursively.
 
-Follows the reference evaluation of luissen/ESRT (ESRT_SPEC.md, "The reference test-time tiling"),
+Follows the reference evaluation of luissen/ESRT (docs/architecture.md, "The reference test-time tiling"),
 made correct at every scale (the reference hard-codes x4).
 """
 

@@ -1,12 +1,13 @@
 """The `esrt` command: parses arguments and dispatches to the modules; torch is imported lazily.
 
-One subcommand per module (upscale -> infer, eval -> evaluate, train -> train, export -> export, demo -> demo).
+One subcommand per module (upscale -> upscale_cli, eval -> evaluate, train -> train, export -> export, demo -> demo).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from esrt import __version__
@@ -23,13 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_upscale(sub)
     _add_export(sub)
     _add_demo(sub)
+    _add_info(sub)
     return parser
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from dataclasses import MISSING, fields
 
-    from esrt.config import TrainConfig
+    from esrt.train.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -59,7 +61,7 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
     from dataclasses import fields
 
-    from esrt.config import TrainConfig, load_config_file
+    from esrt.train.config import TrainConfig, load_config_file
 
     settings = load_config_file(args.config) if args.config else {}
     for f in fields(TrainConfig):
@@ -70,7 +72,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from esrt.train import train
 
     result = train(config, resume=args.resume)
-    print(json.dumps(result.summary()))
+    print(json.dumps(result.summary(), allow_nan=False))
     return 0
 
 
@@ -92,12 +94,15 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         metavar="SET",
         help="set names (folders under --data-root) or paths to folders of HR images (default Set5 Set14 BSD100)",
     )
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding the sets (default ../shared/data)")
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="folder holding the sets (default: $ESRT_DATA, else ./datasets)"
+    )
     p.add_argument("--method", choices=("bicubic", "esrt"), default="esrt", help="what to score (default esrt)")
     p.add_argument("--weights", default=None, help="esrt checkpoint, .safetensors or reference .pth (default: shipped)")
     p.add_argument("--chop", action="store_true", help="run the model with the reference forward_chop tiling")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="esrt precision (default fp32)")
     p.add_argument("--fast", action="store_true", help="blocked attention (fast mode, not the reference)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write {set: {psnr, ssim, images}} here")
     p.add_argument("--save-dir", type=Path, default=None, metavar="DIR", help="save the SR images (bicubic: Y) here")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR", help="save side-by-side crops HR|bicubic|ESRT")
@@ -125,8 +130,10 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="reference .pth, esrt .safetensors, or .onnx with --backend onnx")
     p.add_argument("--tile", default="auto", help="LR tile side in px, 'auto' (from free memory) or 0 (whole image)")
     p.add_argument("--tile-overlap", type=int, default=16, metavar="PX", help="overlap of tiles, blended (default 16)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: CPU autocast (default fp32)")
-    p.add_argument("--fast", action="store_true", help="blocked attention: ~3x faster on large images, see README")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (default fp32)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
+    p.add_argument("--exact", action="store_true", help="the reference attention (default: fast mode, see README)")
+    p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default; kept as a no-op
     p.add_argument("--tta", action="store_true", help="x8 self-ensemble (flips and transposes; 8x slower)")
     p.add_argument("--outscale", type=float, default=None, metavar="F", help="final factor (Lanczos resize of result)")
     p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic", help="how alpha is upscaled")
@@ -141,7 +148,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_upscale(args: argparse.Namespace) -> int:
-    from esrt.infer import main_upscale
+    from esrt.upscale_cli import main_upscale
 
     return main_upscale(args)
 
@@ -157,6 +164,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=None, help="model scale (default 4 or the weights')")
     p.add_argument("--weights", default=None, help="reference .pth or esrt .safetensors (default: shipped weights)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest with the needed ops)")
+    p.add_argument("--exact", action="store_true", help="the reference attention (default: fast mode, see README)")
     p.set_defaults(run=_run_export)
 
 
@@ -181,6 +189,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="checkpoint, .safetensors or reference .pth, scale detected; repeat for several scales (default: shipped)",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on; 0.0.0.0 opens it to the network")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        metavar="NAME",
+        help="a host name the page may be reached under besides its address (repeatable); other names get 403",
+    )
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     p.add_argument("--tile", default="auto", help="LR tile side in pixels, auto (from free memory) or none")
@@ -197,9 +211,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="what a weights file holds: scale, parameters, training facts, sha256",
+        description="Describe ESRT weights without running them: our .safetensors (with the training facts they "
+        "record), reference .pth state dicts, and ONNX files made by `esrt export`.",
+    )
+    p.add_argument("file", metavar="FILE", help=".safetensors, .pth or .onnx file")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from esrt.info import main_info
+
+    return main_info(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    formatter = warnings.formatwarning  # warnings as one line each, like the errors, while the command runs
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"esrt {args.command}: warning: {message}\n"
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -208,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:  # user errors: one line, no traceback
         print(f"esrt {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = formatter
 
 
 if __name__ == "__main__":

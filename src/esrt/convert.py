@@ -1,19 +1,21 @@
 """Checkpoints: reference (luissen/ESRT) state dicts -> ours through one key table; our safetensors files.
 
-Follows the reference state-dict names of ESRT_SPEC.md ("Reference state-dict names"); scale is detected
-from tensor shapes, never from file names.
+Follows the reference state-dict names (docs/architecture.md, "Reading reference checkpoints"); scale is detected from tensor
+shapes, never from file names.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from esrt.atomic import atomic_path
 from esrt.model import ESRT
 
 
@@ -172,6 +174,7 @@ def convert_reference(state_dict: Mapping[str, torch.Tensor], source: str = "che
     if missing:
         raise CheckpointError(f"{source}: missing key {missing[0]!r} ({len(missing)} missing in all)")
     _check_against(model, converted, source)
+    _check_finite(converted, source)
     model.load_state_dict(converted)
     return model
 
@@ -209,16 +212,14 @@ def to_reference(model: ESRT) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: ESRT, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
-    """Writes model's weights as safetensors (atomically: temporary file, then rename)."""
+    """Writes model's weights as safetensors, atomically (esrt.atomic)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     meta = {"format": "esrt", "scale": str(model.scale)}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -230,7 +231,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def load_checkpoint(path: str | Path) -> ESRT:
-    """An ESRT (train mode, fp32, CPU) from our .safetensors or a reference .pth state dict."""
+    """An ESRT (train mode, fp32, CPU) from our .safetensors or a reference .pth state dict.
+
+    Only tensors are read from a .pth (torch.load with weights_only): other pickled objects are refused, never
+    run. Weights holding NaN or infinity are refused.
+    """
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -245,21 +250,32 @@ def load_checkpoint(path: str | Path) -> ESRT:
             sd = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{source}: not a readable safetensors file ({exc})") from None
-        model = ESRT(detect_scale(sd))
-        _check_against(model, sd, source)
-        model.load_state_dict(sd)
-        return model
+        return _build(sd, source)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError):
         raise CheckpointError(
-            f"{source}: not a plain state dict; refusing to unpickle arbitrary objects ({first})"
+            f"{source}: not a plain state dict; refusing to unpickle arbitrary objects "
+            "(esrt reads .safetensors, or .pth files that hold only tensors)"
         ) from None
     sd = _as_state_dict(obj, source)
     if any(k.removeprefix("module.").startswith("body.0.") for k in sd):
         return convert_reference(sd, source)
-    model = ESRT(detect_scale(sd))  # our own layout saved with torch.save
+    return _build(sd, source)  # our own layout saved with torch.save
+
+
+def _build(sd: Mapping[str, torch.Tensor], source: str) -> ESRT:
+    """An ESRT holding sd (our own layout), checked: keys, shapes, finite values."""
+    model = ESRT(detect_scale(sd))
     _check_against(model, sd, source)
+    _check_finite(sd, source)
     model.load_state_dict(sd)
     return model
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    broken = next((k for k, v in sd.items() if not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{source}: weight {broken!r} holds NaN or infinity (a diverged training run?)")

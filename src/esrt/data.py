@@ -1,46 +1,24 @@
 """Training data: HR folders, cached MATLAB-bicubic LR images, aligned random patches with flips/rotations.
 
-Follows the paper's training recipe (ESRT_SPEC.md, "Training recipe"); sampling is a pure function of
+Follows the paper's training recipe (docs/training.md); sampling is a pure function of
 (seed, sample index), so a resumed run sees exactly the samples an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from esrt.atomic import atomic_path
+from esrt.images import find_images, modcrop, read_rgb
 
-
-def find_images(folders: Sequence[str | Path]) -> list[Path]:
-    """All image files in folders (recursively), sorted; a folder that does not exist is an error."""
-    files: list[Path] = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
-        files += sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return files
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3); grayscale is replicated to three channels."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
-
-
-def modcrop(image: np.ndarray, scale: int) -> np.ndarray:
-    """The top-left crop whose height and width are multiples of scale."""
-    h, w = image.shape[0] - image.shape[0] % scale, image.shape[1] - image.shape[1] % scale
-    return image[:h, :w]
+load_rgb = read_rgb  # the training images' reader (esrt.images: EXIF orientation applied, 16 bits to 8)
 
 
 @dataclass(frozen=True)
@@ -54,7 +32,7 @@ class Pair:
 
 def _cache_key(path: Path, scale: int) -> str:
     stat = path.stat()
-    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|x{scale}|matlab-bicubic-v1"
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|x{scale}|matlab-bicubic-v2"  # v2: EXIF applied
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -73,7 +51,7 @@ def load_pairs(
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     for path in find_images(folders):
-        hr = modcrop(load_rgb(path), scale)
+        hr = modcrop(read_rgb(path), scale)
         if min(hr.shape[:2]) // scale < min_lr_size:
             skipped.append(str(path))
             continue
@@ -83,9 +61,8 @@ def load_pairs(
         else:
             lr = imresize(hr, 1 / scale)
             if cached is not None:
-                tmp = cached.with_suffix(f".tmp{os.getpid()}.npy")
-                np.save(tmp, lr)
-                tmp.replace(cached)
+                with atomic_path(cached) as tmp, tmp.open("wb") as f:
+                    np.save(f, lr)
         pairs.append(Pair(path.name, hr, lr))
     return pairs, skipped
 

@@ -1,7 +1,7 @@
 """Benchmark tables (`esrt eval`): PSNR/SSIM of bicubic or ESRT on Set5/Set14/BSD100 or any folder of HR images.
 
-Follows the field's evaluation protocol of ESRT_SPEC.md ("Evaluation protocol"): modcrop, MATLAB bicubic LR,
-uint8 SR, Y of rgb2ycbcr, border crop of s pixels, PSNR and SSIM (ssim_index.m) averaged per set.
+Follows the field's evaluation protocol (docs/evaluation.md): modcrop, MATLAB bicubic LR, uint8 SR, Y of
+rgb2ycbcr, border crop of s pixels, PSNR and SSIM (ssim_index.m) averaged per set.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,15 +18,18 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from esrt.atomic import atomic_write_bytes
+from esrt.images import IMAGE_SUFFIXES, ImageError, modcrop, read_uint8, write_image
 from esrt.imresize import imresize
 from esrt.metrics import SSIM_WINDOW, psnr, rgb_to_y, ssim
 
 if TYPE_CHECKING:
+    import torch
+
     from esrt.model import ESRT
+    from esrt.runtime import Precision
 
 Method = Literal["bicubic", "esrt"]
-Precision = Literal["fp32", "bf16"]
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm")
 DEFAULT_SETS = ("Set5", "Set14", "BSD100")
 BICUBIC_RECIPE = (
     "the papers' recipe: Y (rounded) of the modcropped HR -> MATLAB bicubic downscale -> MATLAB bicubic upscale, "
@@ -69,11 +73,12 @@ class BenchmarkSet:
 
 
 def default_data_root() -> Path | None:
-    """../shared/data seen from the working directory or from the repository, when it exists."""
-    here = Path(__file__).resolve()
-    candidates = [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    candidates += [parent / "shared" / "data" for parent in here.parents[2:4]]
-    return next((c for c in candidates if c.is_dir()), None)
+    """The sets' folder when none is given: $ESRT_DATA, else ./datasets when it exists, else None."""
+    env = os.environ.get("ESRT_DATA")
+    if env:
+        return Path(env)
+    local = Path("datasets")
+    return local if local.is_dir() else None
 
 
 def resolve_set(spec: str, scale: int, data_root: Path | None) -> BenchmarkSet:
@@ -81,7 +86,7 @@ def resolve_set(spec: str, scale: int, data_root: Path | None) -> BenchmarkSet:
     path = Path(spec)
     if not path.is_dir():
         if data_root is None:
-            raise FileNotFoundError(f"set {spec!r}: no such folder, and no data root (pass --data-root)")
+            raise FileNotFoundError(f"set {spec!r}: no folder of that name, and no --data-root or ESRT_DATA")
         path = data_root / spec
         if not path.is_dir():
             raise FileNotFoundError(f"set {spec!r}: no folder {path}")
@@ -94,35 +99,25 @@ def resolve_set(spec: str, scale: int, data_root: Path | None) -> BenchmarkSet:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An 8-bit image as uint8 (H, W) for grayscale or (H, W, 3) for colour; a one-line error otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
+    """An image file as uint8 (H, W) for grey or (H, W, 3) for colour (esrt.images.read_uint8), errors naming it."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("L", "RGB"):
-                return np.asarray(img)
-            if img.mode == "LA":
-                return np.asarray(img.convert("L"))
-            if img.mode in ("P", "RGBA", "CMYK", "YCbCr"):
-                return np.asarray(img.convert("RGB"))
-            raise ValueError(f"{path}: unsupported image mode {img.mode} (expected 8-bit grayscale or RGB)")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        return read_uint8(path)
+    except (ImageError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read image ({exc})") from None
 
 
-def modcrop(image: np.ndarray, scale: int, path: Path | str = "image") -> np.ndarray:
-    """The top-left crop of image whose sides are multiples of scale, checked to be large enough to score."""
+def scorable_crop(image: np.ndarray, scale: int, path: Path | str = "image") -> np.ndarray:
+    """The modcrop of image, checked to be large enough to score (SSIM window inside the border crop)."""
     h, w = image.shape[:2]
     if h < scale or w < scale:
         raise ValueError(f"{path}: a {w}x{h} image is smaller than the scale x{scale}")
-    hc, wc = h // scale * scale, w // scale * scale
-    if min(hc, wc) - 2 * scale < SSIM_WINDOW:
+    cropped = modcrop(image, scale)
+    if min(cropped.shape[:2]) - 2 * scale < SSIM_WINDOW:
         raise ValueError(
             f"{path}: a {w}x{h} image is too small to score at x{scale} "
             f"(needs {SSIM_WINDOW} pixels per side after cropping {scale} from each border)"
         )
-    return image[:hc, :wc]
+    return cropped
 
 
 def load_lr(bench: BenchmarkSet, hr_path: Path, hr: np.ndarray, scale: int) -> np.ndarray:
@@ -157,34 +152,20 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 def make_esrt_runner(
     model: ESRT, chop: bool = False, precision: Precision = "fp32", fast: bool = False
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function uint8 RGB LR (h, w, 3) -> uint8 RGB SR (sh, sw, 3) running model on the CPU.
+    """A function uint8 RGB LR (h, w, 3) -> uint8 RGB SR (sh, sw, 3): model as esrt.upscale.TorchUpscaler runs it.
 
-    model is set up in place by esrt.speed.prepare_for_inference (fp32: the same output as the plain model);
-    fast: blocked attention with chunks of at most esrt.speed.FAST_MAX_CHUNK tokens (not the reference).
+    Whole image (or the reference's forward_chop with chop), SR rounded to uint8; fp32 gives the plain model's
+    output. fast: blocked attention with chunks of at most esrt.runtime.FAST_MAX_CHUNK tokens (not the reference).
     """
-    import torch
+    from esrt.upscale import TorchUpscaler, upscale_pixels
 
-    from esrt import speed
-    from esrt.chop import forward_chop
-
-    speed.prepare_for_inference(model, precision, fast=fast)
-
-    def run(lr: np.ndarray) -> np.ndarray:
-        pixels = np.array(lr, dtype=np.uint8, copy=True)  # writable: torch.from_numpy warns on read-only arrays
-        x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, h, w)
-        with torch.no_grad(), speed.autocast(precision):
-            sr = forward_chop(model, x) if chop else model(speed.to_input(x))  # (1, 3, sh, sw)
-        sr = sr.float().clamp(0, 1).mul(255).round().to(torch.uint8)
-        return sr[0].permute(1, 2, 0).numpy()  # (sh, sw, 3)
-
-    return run
+    net = TorchUpscaler(model, precision, fast, malloc=True, chop=chop)
+    return lambda lr: upscale_pixels(lr, net, tile=None)
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    write_image(path, image)
 
 
 def side_by_side(panels: Sequence[np.ndarray], crop: int = FIGURE_CROP, gap: int = 4) -> np.ndarray:
@@ -211,6 +192,7 @@ def evaluate(
     save_dir: Path | None = None,
     figures: Path | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[SetScore]:
     """Scores method on each set at scale, following the protocol; one SetScore per set, in order.
 
@@ -233,7 +215,8 @@ def evaluate(
     if method == "esrt":
         from esrt.pretrained import load_model
 
-        runner = make_esrt_runner(load_model(weights, scale=scale), chop=chop, precision=precision, fast=fast)
+        model = load_model(weights, scale=scale, device=device)
+        runner = make_esrt_runner(model, chop=chop, precision=precision, fast=fast)
 
     results = []
     total = sum(len(b.hr_files) for b in benches)
@@ -242,7 +225,7 @@ def evaluate(
             scores = []
             for hr_path in bench.hr_files:
                 bar.set_postfix_str(f"{bench.name}/{hr_path.name}", refresh=False)
-                hr = modcrop(read_image(hr_path), scale, hr_path)
+                hr = scorable_crop(read_image(hr_path), scale, hr_path)
                 if runner is None:
                     sr_y = bicubic_y(hr, scale)
                     hr_y = rgb_to_y(hr)
@@ -279,6 +262,8 @@ def to_json(results: Sequence[SetScore]) -> dict[str, dict[str, float | int]]:
 
 def main(args: argparse.Namespace) -> int:
     """`esrt eval`: runs evaluate with the parsed options, prints the table, writes JSON if asked."""
+    from esrt.devices import resolve_device
+
     results = evaluate(
         args.sets,
         args.scale,
@@ -290,6 +275,7 @@ def main(args: argparse.Namespace) -> int:
         fast=args.fast,
         save_dir=args.save_dir,
         figures=args.figures,
+        device=resolve_device(args.device),
     )
     print(format_table(results, args.scale, args.method))
     if args.json is not None:
@@ -297,5 +283,5 @@ def main(args: argparse.Namespace) -> int:
         if any(not math.isfinite(v["psnr"]) for v in data.values()):
             print("esrt eval: warning: infinite PSNR (SR equal to HR) written as Infinity", file=sys.stderr)
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write_bytes(args.json, (json.dumps(data, indent=2) + "\n").encode())
     return 0

@@ -1,14 +1,14 @@
 """ONNX export of ESRT with dynamic batch, height and width, and an onnxruntime Upscaler for `esrt upscale`.
 
-Follows ESRT_SPEC.md (EMHA Feature Split: a 5th chunk exists when N % 4 != 0, so the graph is traced on such an
-input and keeps that branch; it is empty, and harmless, when N % 4 == 0); onnx/onnxruntime are optional extras.
+The Feature Split (docs/architecture.md) has a 5th chunk when N % 4 != 0, so the graph is traced on such an
+input and keeps that branch (empty, and harmless, when N % 4 == 0); the fast mode's chunk count is computed in
+the graph from N. onnx and onnxruntime are optional extras.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from esrt.atomic import atomic_path
+
 if TYPE_CHECKING:
     import argparse
 
     import torch
 
-    from esrt.model import ESRT
+    from esrt.model import EMHA, ESRT
 
 OPSET = 18
 TRACE_SIZE = (7, 9)  # N = 63 tokens, N % 4 == 3: the trace records the remainder chunk of the Feature Split
@@ -74,53 +76,106 @@ def _fold_as_transposed_conv(channels: int) -> Iterator[None]:
         F.fold = original
 
 
-def export_onnx(model: ESRT, path: str | Path, opset: int = OPSET) -> Path:
+def _segment_attention(emha: EMHA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """EMHA.attend with the chunk layout computed by tensor operations from N, so that a traced graph keeps it
+    dynamic: the Feature Split, or blocked attention where its chunks would be longer than max_chunk."""
+    import torch
+
+    max_chunk, kernel = emha.settings.max_chunk, emha.settings.kernel
+    assert max_chunk is not None
+    B, heads, _, d = q.shape
+    N = torch.as_tensor(q.shape[2])  # a traced size: the graph computes everything below from the input
+    split = N // emha.splits
+    chunks = (N + max_chunk - 1) // max_chunk
+    size, longer = N // chunks, N % chunks  # blocked: `longer` chunks of size + 1, then chunks of size
+    blocked = split > max_chunk
+    cut = torch.where(blocked, longer * (size + 1), split * emha.splits)
+    counts = (torch.where(blocked, longer, emha.splits), torch.where(blocked, chunks - longer, 1))
+    outputs = []
+    for start, stop, count in ((0, cut, counts[0]), (cut, N, counts[1])):
+        count = torch.clamp(count, min=1)  # an empty segment (no longer chunks) is reshaped as one empty chunk
+        shape: Any = (B, heads * count, (stop - start) // count, d)  # traced sizes: tensors, not ints
+        qc, kc, vc = (t[:, :, start:stop].reshape(shape) for t in (q, k, v))  # (B, heads * count, L, d)
+        outputs.append(kernel(qc, kc, vc).reshape(B, heads, -1, d))
+    return torch.cat(outputs, dim=2)  # (B, heads, N, d)
+
+
+@contextmanager
+def _dynamic_chunks() -> Iterator[None]:
+    """Temporarily routes EMHA.attend with a chunk cap through _segment_attention (tracing only)."""
+    from esrt.model import EMHA
+
+    original = EMHA.attend
+
+    def attend(self: EMHA, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.settings.max_chunk is None:
+            return original(self, q, k, v)
+        return _segment_attention(self, q, k, v)
+
+    EMHA.attend = attend  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EMHA.attend = original  # type: ignore[method-assign]
+
+
+def export_onnx(model: ESRT, path: str | Path, opset: int = OPSET, exact: bool = False) -> Path:
     """Writes model as ONNX (input (B, 3, H, W) float32 in [0, 1], all three dynamic), atomically.
 
-    Metadata records esrt's version, the scale and the opset; the graph is checked by onnx.checker.
+    exact: the reference attention; by default the fast mode (attention chunks of at most
+    esrt.runtime.FAST_MAX_CHUNK tokens). Metadata records esrt's version, the scale, the opset and the chunk
+    cap; the graph is checked by onnx.checker.
     """
     import torch
 
     import esrt
-    from esrt.model import WIDTH
+    from esrt.model import EMHA
+    from esrt.runtime import prepare_for_inference
 
     onnx = require("onnx")
-    path = Path(path)
-    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    sample = torch.rand(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings(), _fold_as_transposed_conv(WIDTH), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about shape checks that hold for any size
-            torch.onnx.export(
-                net,
-                (sample,),
-                str(tmp),
-                dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript
-                opset_version=opset,
-                input_names=[INPUT],
-                output_names=[OUTPUT],
-                dynamic_axes={
-                    INPUT: {0: "batch", 2: "height", 3: "width"},
-                    OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"},
-                },
-            )
+    net = copy.deepcopy(model).to("cpu", torch.float32)
+    prepare_for_inference(net, "fp32", fast=not exact, malloc=False)  # the graph PyTorch runs for `esrt upscale`
+    max_chunk = next(m.settings.max_chunk for m in net.modules() if isinstance(m, EMHA))
+    meta = {"format": "esrt", "esrt_version": esrt.__version__, "scale": str(net.scale), "opset": str(opset)}
+    meta["max_chunk"] = str(max_chunk or "none")
+    with atomic_path(path) as tmp:
+        _trace(net, tmp, opset)
         proto = onnx.load(str(tmp))
-        meta = {"format": "esrt", "esrt_version": esrt.__version__, "scale": str(net.scale), "opset": str(opset)}
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         proto.doc_string = f"ESRT x{net.scale}: (B, 3, H, W) float32 RGB in [0, 1], H, W >= 2 -> (B, 3, sH, sW)"
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
+
+
+def _trace(net: ESRT, path: Path, opset: int) -> None:
+    """Traces net into an ONNX file at path, with dynamic batch, height and width."""
+    import torch
+
+    from esrt.model import WIDTH
+
+    sample = torch.rand(1, 3, *TRACE_SIZE, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(), _fold_as_transposed_conv(WIDTH), _dynamic_chunks(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that hold for any size
+        torch.onnx.export(
+            net,
+            (sample,),
+            str(path),
+            dynamo=False,  # the TorchScript exporter: the dynamo one needs onnxscript
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={
+                INPUT: {0: "batch", 2: "height", 3: "width"},
+                OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"},
+            },
+        )
 
 
 class OnnxUpscaler:
-    """An exported ESRT run by onnxruntime on the CPU; an infer.Upscaler (scale from the file's metadata)."""
+    """An exported ESRT run by onnxruntime on the CPU; an esrt.upscale.Upscaler (scale and mode from its metadata)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         ort = require("onnxruntime")
@@ -138,6 +193,8 @@ class OnnxUpscaler:
             raise ValueError(f"{path}: not an ONNX model made by `esrt export` (no esrt metadata)")
         self.scale = int(meta["scale"])
         self.opset = int(meta.get("opset", 0))
+        self.fast = meta.get("max_chunk", "none") != "none"  # files from before the fast default hold no entry
+        self.name = str(path)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(x, dtype=np.float32)[None]  # (1, 3, h, w)
@@ -154,6 +211,7 @@ def main_export(args: argparse.Namespace) -> int:
         print(f"esrt export: error: {exc}", file=sys.stderr)
         return 1
     model = load_model(args.weights, args.scale)
-    path = export_onnx(model, args.onnx, opset=args.opset)
-    print(f"esrt export: wrote {path} (x{model.scale}, opset {args.opset}, dynamic batch/height/width)")
+    path = export_onnx(model, args.onnx, opset=args.opset, exact=args.exact)
+    mode = "exact" if args.exact else "fast"
+    print(f"esrt export: wrote {path} (x{model.scale}, {mode} mode, opset {args.opset}, dynamic batch/height/width)")
     return 0

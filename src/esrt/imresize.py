@@ -1,6 +1,7 @@
 """MATLAB-compatible bicubic resize (`imresize(I, scale, 'bicubic')`): the protocol's LR maker.
 
-Follows the recipe of ../shared/data/SOURCES.md that rebuilds every LR file of Set5/Set14/BSD100 bit for bit.
+Follows MATLAB's kernel and antialiasing; it rebuilds every LR file of Set5/Set14/BSD100 bit for bit
+(docs/evaluation.md, "Data").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Y conversion, PSNR and SSIM as super-resolution papers report them (MATLAB scripts of the field).
 
-Follows ESRT_SPEC.md, "Evaluation protocol" steps 1-4: rgb2ycbcr Y rounded to uint8, border crop of s pixels,
+Follows the field's protocol (docs/evaluation.md, "Protocol"): rgb2ycbcr Y rounded to uint8, border crop of s pixels,
 PSNR with peak 255, SSIM as Wang et al.'s ssim_index.m (11x11 Gaussian, sigma 1.5, 'valid' filtering).
 """
 

@@ -1,12 +1,14 @@
 """The ESRT network: a lightweight CNN backbone (LCB) followed by a lightweight transformer backbone (LTB).
 
 Follows Lu et al., "Transformer for Single Image Super-Resolution" (CVPR-W 2022, arXiv 2108.11084),
-sections 3.1-3.3, numerically identical to the reference code luissen/ESRT (see ESRT_SPEC.md).
+sections 3.1-3.3, numerically identical to the reference code luissen/ESRT (docs/architecture.md).
+The attention's run-time settings (kernel, chunk cap, precision) are set from outside by configure_attention.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +90,7 @@ class HFM(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.upsample = upsample_bilinear  # the training twin (esrt.speed) swaps in the same maths as matmuls
+        self.upsample = upsample_bilinear  # the training twin (esrt.train.twin) swaps in the same maths as matmuls
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (high, low): the high-frequency map at x's size and the pooled map at half size."""
@@ -196,6 +198,28 @@ def blocked_attention(
     return _attend_in_chunks(q, k, v, [(0, cut, longer), (cut, N, chunks - longer)], kernel)
 
 
+@dataclass(frozen=True)
+class AttentionSettings:
+    """How EMHA computes its attention at run time; none of it is a weight. The defaults are the paper's.
+
+    kernel: the attention inside each chunk (sdpa_kernel; naive_kernel as the tests' oracle; bf16 products in
+      the CPU training twin).
+    max_chunk: None for the paper's Feature Split; else chunks of at most max_chunk tokens wherever the
+      split's chunks would be longer (blocked_attention, not the reference: the fast inference mode).
+    low_precision: False keeps the attention in fp32 even under autocast (more precise, and the CPU bf16
+      backward is slow at head width 18); True computes it in the autocast dtype (bf16 inference: ~1.5x
+      faster than fp32 on CPUs with AMX).
+    """
+
+    kernel: AttentionKernel = sdpa_kernel
+    max_chunk: int | None = None
+    low_precision: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_chunk is not None and self.max_chunk < 1:
+            raise ValueError(f"max_chunk must be a positive number of tokens, got {self.max_chunk}")
+
+
 class EMHA(nn.Module):
     """Efficient multi-head attention: Reduction, QKV, Feature Split attention per chunk, Expansion."""
 
@@ -206,25 +230,24 @@ class EMHA(nn.Module):
         self.reduction = nn.Linear(dim, dim // 2, bias=False)
         self.qkv = nn.Linear(dim // 2, 3 * (dim // 2), bias=False)
         self.expansion = nn.Linear(dim // 2, dim)
-        self.kernel: AttentionKernel = sdpa_kernel  # naive_kernel in tests; the CPU training twin's bf16 one
-        self.fp32_attention = True  # False: attention in the autocast dtype (esrt.speed.prepare_for_inference)
-        self.max_chunk: int | None = None  # fast mode (esrt.speed): cap the chunk length, see blocked_attention
+        self.settings = AttentionSettings()  # set by configure_attention
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Feature Split attention, or blocked attention when max_chunk is set and the chunks would be longer."""
-        if self.max_chunk is not None and q.shape[2] // self.splits > self.max_chunk:
-            return blocked_attention(q, k, v, self.max_chunk, self.kernel)
-        return feature_split_attention(q, k, v, self.splits, self.kernel)
+        kernel, max_chunk = self.settings.kernel, self.settings.max_chunk
+        if max_chunk is not None and q.shape[2] // self.splits > max_chunk:
+            return blocked_attention(q, k, v, max_chunk, kernel)
+        return feature_split_attention(q, k, v, self.splits, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
         qkv = self.qkv(self.reduction(x))  # (B, N, 432)
         qkv = qkv.reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (3, B, 8, N, 18)
-        if self.fp32_attention:  # even under autocast: more precise, and the CPU bf16 backward is slow at width 18
+        if self.settings.low_precision:  # in the autocast dtype
+            out = self.attend(*qkv.unbind(0))
+        else:  # in fp32, even under autocast
             with torch.autocast(x.device.type, enabled=False):
                 out = self.attend(*qkv.float().unbind(0))
-        else:  # bf16 inference: the bf16 forward kernel is ~1.5x faster than fp32 on CPUs with AMX
-            out = self.attend(*qkv.unbind(0))
         out = out.transpose(1, 2).reshape(B, N, -1)  # (B, N, 144), heads concatenated head-major
         return self.expansion(out)  # (B, N, 288)
 
@@ -313,8 +336,19 @@ class ESRT(nn.Module):
         return self.tail(deep) + self.skip(shallow)  # (B, 3, sH, sW)
 
 
-def set_naive_attention(model: nn.Module, naive: bool) -> None:
-    """Switches every EMHA of model to the explicit softmax(QK^T)V oracle (tests only) or back to SDPA."""
+def configure_attention(
+    model: nn.Module,
+    *,
+    kernel: AttentionKernel = sdpa_kernel,
+    max_chunk: int | None = None,
+    low_precision: bool = False,
+) -> None:
+    """Sets the attention of every EMHA in model (see AttentionSettings); with no options, back to the paper's.
+
+    The one place where the attention's run-time settings change: esrt.runtime.prepare_for_inference (chunk
+    cap, bf16), the training twin (bf16 kernel) and the tests (naive_kernel) go through it.
+    """
+    settings = AttentionSettings(kernel=kernel, max_chunk=max_chunk, low_precision=low_precision)
     for module in model.modules():
         if isinstance(module, EMHA):
-            module.kernel = naive_kernel if naive else sdpa_kernel
+            module.settings = settings
