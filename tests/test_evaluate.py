@@ -131,7 +131,8 @@ def test_esrt_method_json_schema_and_outputs(tiny_set: Path, tmp_path: Path) -> 
         [str(tiny_set)], 2, method="esrt", weights=weights, chop=True, precision="bf16", progress=False
     )
     assert [s.name for s in chopped.images] == ["colour", "grey"]
-    assert abs(chopped.psnr - data["tiny"]["psnr"]) < 1.0
+    # measured 0.006-0.008 dB (bf16; chop does not split inputs this small) over three seeds
+    assert abs(chopped.psnr - data["tiny"]["psnr"]) < 0.05
 
 
 def test_missing_weights_is_a_clear_error(tiny_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,3 +160,30 @@ def test_eval_is_exact_by_default_and_fast_on_request(tmp_path: Path) -> None:
     assert off.max() <= 1 and (off > 0).mean() < 1e-3
     changed = np.abs(saved[True].astype(int) - saved[False])
     assert (changed > 0).mean() > 0.01  # fast mode is another function at this size
+
+
+def test_eval_tta_is_the_mean_of_the_eight_transformed_runs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    _write(tmp_path / "set" / "a.png", rng.integers(0, 256, (40, 36, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    model = esrt.ESRT(2).eval()
+    weights = tmp_path / "x2.safetensors"
+    esrt.save_weights(model, weights)
+    evaluate([str(tmp_path / "set")], 2, weights=weights, tta=True, save_dir=tmp_path / "out", progress=False)
+    saved = np.asarray(Image.open(tmp_path / "out" / "set" / "x2" / "a.png")).astype(int)
+    lr = torch.from_numpy(esrt.imresize(np.asarray(Image.open(tmp_path / "set" / "a.png")), 1 / 2))
+    x = lr.permute(2, 0, 1)[None].float() / 255
+    runs = []
+    with torch.no_grad():
+        for k in range(8):
+            t = x.flip(-1) if k & 1 else x
+            t = t.flip(-2) if k & 2 else t
+            t = t.transpose(-1, -2) if k & 4 else t
+            y = model(t)  # clamped after the mean, as the runner does
+            y = y.transpose(-1, -2) if k & 4 else y
+            y = y.flip(-2) if k & 2 else y
+            runs.append(y.flip(-1) if k & 1 else y)
+    mean = torch.stack(runs).mean(0).clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().numpy().astype(int)
+    assert np.abs(saved - mean).max() <= 1
+    plain = runs[0].clamp(0, 1)[0].permute(1, 2, 0).mul(255).round().numpy().astype(int)
+    assert np.abs(saved - plain).max() > 2  # the ensemble is another function

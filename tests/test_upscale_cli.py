@@ -255,7 +255,7 @@ def test_fast_is_the_default_and_exact_is_an_option(
 ) -> None:
     seen: list[Any] = []
 
-    def spy(model: object, scale: object, weights: object, precision: object, exact: bool, malloc: bool) -> Nearest:
+    def spy(model: object, scale: object, weights: object, precision: object, exact: bool, **_: object) -> Nearest:
         seen.append(exact)
         return Nearest()
 

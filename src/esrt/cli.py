@@ -102,6 +102,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chop", action="store_true", help="run the model with the reference forward_chop tiling")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="esrt precision (default fp32)")
     p.add_argument("--fast", action="store_true", help="blocked attention (fast mode, not the reference)")
+    p.add_argument("--tta", action="store_true", help="x8 self-ensemble, 'ESRT+' in papers' tables (8x slower)")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write {set: {psnr, ssim, images}} here")
     p.add_argument("--save-dir", type=Path, default=None, metavar="DIR", help="save the SR images (bicubic: Y) here")

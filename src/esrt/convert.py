@@ -1,7 +1,7 @@
 """Checkpoints: reference (luissen/ESRT) state dicts -> ours through one key table; our safetensors files.
 
-Follows the reference state-dict names (docs/architecture.md, "Reading reference checkpoints"); scale is detected from tensor
-shapes, never from file names.
+Follows the reference state-dict names (docs/architecture.md, "Reading reference checkpoints"); scale is
+detected from tensor shapes, never from file names.
 """
 
 from __future__ import annotations

@@ -150,17 +150,18 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 def make_esrt_runner(
-    model: ESRT, chop: bool = False, precision: Precision = "fp32", fast: bool = False
+    model: ESRT, chop: bool = False, precision: Precision = "fp32", fast: bool = False, tta: bool = False
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A function uint8 RGB LR (h, w, 3) -> uint8 RGB SR (sh, sw, 3): model as esrt.upscale.TorchUpscaler runs it.
 
     Whole image (or the reference's forward_chop with chop), SR rounded to uint8; fp32 gives the plain model's
     output. fast: blocked attention with chunks of at most esrt.runtime.FAST_MAX_CHUNK tokens (not the reference).
+    tta: the x8 self-ensemble ("ESRT+"): the mean of the 8 flipped/transposed runs, then rounded.
     """
     from esrt.upscale import TorchUpscaler, upscale_pixels
 
     net = TorchUpscaler(model, precision, fast, malloc=True, chop=chop)
-    return lambda lr: upscale_pixels(lr, net, tile=None)
+    return lambda lr: upscale_pixels(lr, net, tile=None, tta=tta)
 
 
 def _save_png(image: np.ndarray, path: Path) -> None:
@@ -189,6 +190,7 @@ def evaluate(
     chop: bool = False,
     precision: Precision = "fp32",
     fast: bool = False,
+    tta: bool = False,
     save_dir: Path | None = None,
     figures: Path | None = None,
     progress: bool = True,
@@ -216,7 +218,7 @@ def evaluate(
         from esrt.pretrained import load_model
 
         model = load_model(weights, scale=scale, device=device)
-        runner = make_esrt_runner(model, chop=chop, precision=precision, fast=fast)
+        runner = make_esrt_runner(model, chop=chop, precision=precision, fast=fast, tta=tta)
 
     results = []
     total = sum(len(b.hr_files) for b in benches)
@@ -273,6 +275,7 @@ def main(args: argparse.Namespace) -> int:
         chop=args.chop,
         precision=args.precision,
         fast=args.fast,
+        tta=args.tta,
         save_dir=args.save_dir,
         figures=args.figures,
         device=resolve_device(args.device),

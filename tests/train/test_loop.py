@@ -17,6 +17,7 @@ import torch
 
 import esrt.runtime
 from esrt.cli import main
+from esrt.model import ESRT
 from esrt.train import DivergenceError, TrainConfig, learning_rate, train
 from esrt.train.checkpoint import CHECKPOINT, PREVIOUS
 
@@ -82,8 +83,13 @@ def test_compiled_training_follows_eager(images: Path, tmp_path: Path) -> None:
     a, b = _losses(tmp_path / "eager"), _losses(tmp_path / "fast")
     assert abs(a[0] - b[0]) < 1e-5  # same weights, same batch: same forward
     assert np.allclose(a, b, rtol=2e-3)
-    for (name, p), q in zip(eager.model.named_parameters(), fast.model.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=2e-4), name
+    torch.manual_seed(0)
+    start = torch.cat([p.detach().flatten() for p in ESRT(2).parameters()])  # the runs' initial weights
+    a_step, b_step = (torch.cat([p.detach().flatten() for p in r.model.parameters()]) - start for r in (eager, fast))
+    # measured 2.2e-4 relative, 2.5e-4 at most (Adam's step is about lr wherever a gradient is near 0, so a
+    # rounding difference there moves a weight by up to lr); a wrong gradient in the twin: of order 1
+    assert (a_step - b_step).norm() <= 2e-3 * a_step.norm()
+    assert (a_step - b_step).abs().max() <= 1e-3
 
 
 def test_divergence_stops_before_stepping_or_saving(
@@ -163,6 +169,7 @@ import torch
 import esrt.train.checkpoint as checkpoint
 import esrt.train.loop as loop
 from esrt.cli import main
+from esrt.model import ESRT
 
 save_number, phase = int(os.environ["KILL_SAVE"]), os.environ["KILL_PHASE"]
 saves = {"n": 0}
