@@ -324,3 +324,13 @@ def test_our_layout_errors(tmp_path: Path) -> None:
     save_file({"head.weight": sd["head.weight"]}, str(path))
     with pytest.raises(CheckpointError, match=msg("not an ESRT checkpoint: no upsampler weight tail.0.0.weight")):
         load_checkpoint(path)
+
+
+def test_our_layout_with_module_prefix_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ESRT(2)
+    path = tmp_path / "ddp.pth"
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
+    loaded = load_checkpoint(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

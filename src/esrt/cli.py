@@ -1,14 +1,16 @@
 """The `esrt` command: parses arguments and dispatches to the modules; torch is imported lazily.
 
-One subcommand per module (upscale -> upscale_cli, eval -> evaluate, train -> train, export -> export, demo -> demo).
+One subcommand per module (upscale -> upscale_cli, eval -> evaluate, train -> train, export -> export,
+demo -> demo, info -> info).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from esrt import __version__
 
@@ -100,20 +102,13 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("bicubic", "esrt"), default="esrt", help="what to score (default esrt)")
     p.add_argument("--weights", default=None, help="esrt checkpoint, .safetensors or reference .pth (default: shipped)")
     p.add_argument("--chop", action="store_true", help="run the model with the reference forward_chop tiling")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="esrt precision (default fp32)")
     p.add_argument("--fast", action="store_true", help="blocked attention (fast mode, not the reference)")
-    p.add_argument("--tta", action="store_true", help="x8 self-ensemble, 'ESRT+' in papers' tables (8x slower)")
-    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
+    _add_running_options(p)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write {set: {psnr, ssim, images}} here")
     p.add_argument("--save-dir", type=Path, default=None, metavar="DIR", help="save the SR images (bicubic: Y) here")
     p.add_argument("--figures", type=Path, default=None, metavar="DIR", help="save side-by-side crops HR|bicubic|ESRT")
-    p.set_defaults(run=_run_eval)
+    p.set_defaults(run=_lazy("esrt.evaluate", "main"))
 
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from esrt.evaluate import main as evaluate_main
-
-    return evaluate_main(args)
 
 
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
@@ -131,11 +126,9 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="reference .pth, esrt .safetensors, or .onnx with --backend onnx")
     p.add_argument("--tile", default="auto", help="LR tile side in px, 'auto' (from free memory) or 0 (whole image)")
     p.add_argument("--tile-overlap", type=int, default=16, metavar="PX", help="overlap of tiles, blended (default 16)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast (default fp32)")
-    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
+    _add_running_options(p)
     p.add_argument("--exact", action="store_true", help="the reference attention (default: fast mode, see README)")
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the default; kept as a no-op
-    p.add_argument("--tta", action="store_true", help="x8 self-ensemble (flips and transposes; 8x slower)")
     p.add_argument("--outscale", type=float, default=None, metavar="F", help="final factor (Lanczos resize of result)")
     p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic", help="how alpha is upscaled")
     p.add_argument("--format", choices=("png", "jpg", "webp", "bmp", "tiff"), default=None, help="output format (png)")
@@ -145,13 +138,8 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all)")
     p.add_argument("--max-pixels", type=int, default=4096 * 4096, metavar="N", help="refuse larger inputs (16777216)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch", help="torch, or onnxruntime on an .onnx")
-    p.set_defaults(run=_run_upscale)
+    p.set_defaults(run=_lazy("esrt.upscale_cli", "main_upscale"))
 
-
-def _run_upscale(args: argparse.Namespace) -> int:
-    from esrt.upscale_cli import main_upscale
-
-    return main_upscale(args)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -166,13 +154,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, help="reference .pth or esrt .safetensors (default: shipped weights)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest with the needed ops)")
     p.add_argument("--exact", action="store_true", help="the reference attention (default: fast mode, see README)")
-    p.set_defaults(run=_run_export)
+    p.set_defaults(run=_lazy("esrt.export", "main_export"))
 
-
-def _run_export(args: argparse.Namespace) -> int:
-    from esrt.export import main_export
-
-    return main_export(args)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -203,13 +186,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None, help="largest input, width x height (default 2097152)")
     p.add_argument("--queue", type=int, default=None, help="images that may wait behind the running one (default 8)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=_lazy("esrt.demo", "main"))
 
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from esrt.demo import main as demo_main
-
-    return demo_main(args)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -221,13 +199,24 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("file", metavar="FILE", help=".safetensors, .pth or .onnx file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.set_defaults(run=_run_info)
+    p.set_defaults(run=_lazy("esrt.info", "main_info"))
 
 
-def _run_info(args: argparse.Namespace) -> int:
-    from esrt.info import main_info
 
-    return main_info(args)
+def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """The subcommand's runner, imported only when that subcommand runs (so `esrt --help` needs no torch)."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
+def _add_running_options(p: argparse.ArgumentParser) -> None:
+    """How the network runs: the options `esrt eval` and `esrt upscale` share."""
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 or bf16 autocast (default fp32)")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="auto (CUDA if any), cpu, cuda[:N] or mps")
+    p.add_argument("--tta", action="store_true", help="x8 self-ensemble, 'ESRT+' in papers' tables (8x slower)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

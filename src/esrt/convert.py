@@ -267,7 +267,9 @@ def load_checkpoint(path: str | Path) -> ESRT:
 
 
 def _build(sd: Mapping[str, torch.Tensor], source: str) -> ESRT:
-    """An ESRT holding sd (our own layout), checked: keys, shapes, finite values."""
+    """An ESRT holding sd (our own layout, `module.` prefixes of DataParallel dropped), checked: keys, shapes,
+    finite values."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
     model = ESRT(detect_scale(sd))
     _check_against(model, sd, source)
     _check_finite(sd, source)

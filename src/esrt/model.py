@@ -247,7 +247,7 @@ class EMHA(nn.Module):
             out = self.attend(*qkv.unbind(0))
         else:  # in fp32, even under autocast
             with torch.autocast(x.device.type, enabled=False):
-                out = self.attend(*qkv.float().unbind(0))
+                out = self.attend(*qkv.float().unbind(0)).to(qkv.dtype)  # back to the dtype it came in (half, bf16)
         out = out.transpose(1, 2).reshape(B, N, -1)  # (B, N, 144), heads concatenated head-major
         return self.expansion(out)  # (B, N, 288)
 
