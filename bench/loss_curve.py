@@ -31,7 +31,7 @@ RUNS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--data", nargs="+", default=["../shared/data/T91/HR", "../shared/data/BSD200/HR"])
+    parser.add_argument("--data", nargs="+", default=["datasets/T91/HR", "datasets/BSD200/HR"])
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)

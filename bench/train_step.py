@@ -9,7 +9,7 @@ Prints JSON: seconds per iteration (median over timed steps and rounds, warm-up 
   upsampling branches merged into 5x5 convs, fused Adam), and fp32_fast, the same in fp32.
 Every configuration runs in its own subprocess (malloc tuning is process-wide), built and warmed up one
 after the other; then the processes take turns, `--steps` steps each, `--rounds` times, so that the
-speed drifts of a shared machine (+-20% within seconds on some sessions' CPUs) hit all of them alike.
+speed drifts of a busy computer (+-20% within seconds on some CPUs) hit all of them alike.
 The processes stay alive side by side (a few GB each; the idle ones wait on a pipe and use no CPU).
 
     python bench/train_step.py                 # about 5 minutes on 2 idle cores
@@ -185,7 +185,7 @@ def main() -> None:
             warmups[name] = round(ready["warmup_s"], 1)
             env["threads"] = ready["threads"]
             workers[name] = proc
-        for _ in range(args.rounds):  # interleaved: a load change on a shared machine hits all alike
+        for _ in range(args.rounds):  # interleaved: a load change hits all alike
             for name, proc in workers.items():
                 assert proc.stdin is not None and proc.stdout is not None
                 for _ in range(args.steps):

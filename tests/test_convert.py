@@ -334,3 +334,10 @@ def test_our_layout_with_module_prefix_loads(tmp_path: Path) -> None:
     loaded = load_checkpoint(path)
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_text_file_as_pth_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "notes.pth"
+    path.write_text("hi\n")
+    with pytest.raises(CheckpointError, match="not a plain state dict"):
+        load_checkpoint(path)

@@ -255,7 +255,7 @@ def load_checkpoint(path: str | Path) -> ESRT:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError):
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError, KeyError):
         raise CheckpointError(
             f"{source}: not a plain state dict; refusing to unpickle arbitrary objects "
             "(esrt reads .safetensors, or .pth files that hold only tensors)"

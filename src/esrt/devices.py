@@ -32,7 +32,7 @@ def _no_cuda_reason() -> str:
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """The torch device for a --device value: auto (CUDA when available, else the CPU), cpu, cuda[:N] or mps.
 
-    ValueError, in one line saying why, for an unknown name or a device this machine does not have.
+    ValueError, in one line saying why, for an unknown name or a device this computer does not have.
     """
     text = "auto" if name is None else str(name).strip().lower()
     if text == "auto":
