@@ -5,9 +5,10 @@
 #   python training/pack_burst_data.py training/burst_data     # once, where the data is: lossless WebP
 #   bash training/gpu_burst.sh OUT x4:5 x3:3 x2:2             # on the CUDA machine, from the repository root
 # Environment: ESRT_BURST_DATA (default training/burst_data), ESRT_BURST_BATCH (64), ESRT_BURST_SECONDS_PER_MIN (60;
-# set it to a few seconds to try the script end to end on a CPU).
-# Afterwards: OUT/xS/checkpoint.pt replaces training/xS/checkpoint.pt; `esrt train --resume OUT/xS --stop-after 0`
-# is not needed: training/ship.py scores OUT/xS/last.safetensors.
+# a few seconds to try the script end to end on a CPU), ESRT_BURST_ARGS (more `esrt train` options, e.g.
+# "--no-compile --patch 8" for that try).
+# Afterwards: `python training/ship.py S --weights OUT/xS/last.safetensors` scores (and ships, if better) what came
+# back, and OUT/xS/checkpoint.pt replaces training/xS/checkpoint.pt so that training goes on from there.
 set -u
 out=${1:?usage: gpu_burst.sh OUT RUN:MINUTES...}; shift
 cd "$(dirname "$0")/.." || exit 1
@@ -19,12 +20,13 @@ mkdir -p "$out"
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/burst.log"
 for stage in "$@"; do
   run=${stage%%:*}; minutes=${stage##*:}
-  lr=$(python -c "import tomllib; print(tomllib.load(open('training/$run.toml', 'rb'))['lr'] * ($batch / 16) ** 0.5)")
+  base=$(sed -n 's/^lr = \([0-9.e-]*\).*/\1/p' "training/$run.toml")
+  lr=$(python -c "print($base * ($batch / 16) ** 0.5)")
   echo "$(date -u +%FT%TZ) $run for $minutes min, batch $batch, lr $lr" | tee -a "$out/burst.log"
   python -m esrt.cli train --config "training/$run.toml" --resume "training/$run" --out-dir "$out/$run" \
     --data "$data"/T91/HR "$data"/BSD200/HR "$data"/BSDS500_test200/HR --val-dir "$data/Set5" \
     --cache-dir "$out/cache" --batch "$batch" --lr "$lr" --precision auto --workers 4 --save-minutes 2 \
-    --no-progress >> "$out/$run.log" 2>&1 &
+    --no-progress ${ESRT_BURST_ARGS:-} >> "$out/$run.log" 2>&1 &
   child=$!
   end=$((SECONDS + per_min * minutes))
   while kill -0 "$child" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 2; done

@@ -56,8 +56,8 @@ def _fsync(path: Path) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path to write; on a clean exit it is flushed and renamed to path, else deleted.
 
-        with atomic_path("out.png") as tmp:
-            image.save(tmp, format="PNG")
+    with atomic_path("out.png") as tmp:
+        image.save(tmp, format="PNG")
     """
     path = Path(path)
     remove_stale_temporaries(path)

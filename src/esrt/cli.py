@@ -110,7 +110,6 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_lazy("esrt.evaluate", "main"))
 
 
-
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "upscale",
@@ -141,7 +140,6 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_lazy("esrt.upscale_cli", "main_upscale"))
 
 
-
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -155,7 +153,6 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the lowest with the needed ops)")
     p.add_argument("--exact", action="store_true", help="the reference attention (default: fast mode, see README)")
     p.set_defaults(run=_lazy("esrt.export", "main_export"))
-
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -189,7 +186,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=_lazy("esrt.demo", "main"))
 
 
-
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
@@ -200,7 +196,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", help=".safetensors, .pth or .onnx file")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(run=_lazy("esrt.info", "main_info"))
-
 
 
 def _lazy(module: str, function: str) -> Callable[[argparse.Namespace], int]:
