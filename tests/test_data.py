@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from esrt.data import PatchDataset, StepSampler, load_pairs
+from esrt.data import Pair, PatchDataset, StepSampler, load_pairs
 
 
 @pytest.fixture
@@ -41,6 +41,17 @@ def test_patches_are_aligned_and_deterministic(images: Path, tmp_path: Path) -> 
     box = torch.nn.functional.avg_pool2d(hr[None], 2)[0]
     assert (box - lr).abs().mean() < 0.03
     assert not torch.equal(data[6][0], lr)
+
+
+def test_area_sampling_picks_images_in_proportion_to_their_patch_positions() -> None:
+    blank = lambda h, w: Pair("x", np.zeros((2 * h, 2 * w, 3), np.uint8), np.zeros((h, w, 3), np.uint8))  # noqa: E731
+    pairs = [blank(8, 8), blank(17, 17), blank(8, 8)]  # 1, 100 and 1 positions of an 8x8 patch
+    by_area = PatchDataset(pairs, 2, 8, seed=1, sampling="area")
+    picks = np.bincount([by_area.image_index(g) for g in range(3000)], minlength=3)
+    assert 0.95 < picks[1] / 3000 < 0.995 and picks[0] > 0 and picks[2] > 0  # expected 100/102 = 0.98
+    by_image = PatchDataset(pairs, 2, 8, seed=1)
+    assert np.bincount([by_image.image_index(g) for g in range(3000)]).tolist() == [1000, 1000, 1000]
+    assert by_area.image_index(7) == PatchDataset(pairs, 2, 8, seed=1, sampling="area").image_index(7)
 
 
 def test_sampler_splits_batches_between_ranks() -> None:

@@ -82,21 +82,31 @@ class PatchDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Item g (a global sample index) is an aligned (LR p x p, HR sp x sp) pair of float tensors in [0, 1].
 
     Which image, where, and which flips are all drawn from a generator seeded by (seed, g): resumable.
-    Images are visited in a fresh permutation each pass over the data (seeded by (seed, pass)).
+    sampling "image": images are visited in a fresh permutation each pass over the data (seeded by (seed,
+    pass)), each equally often; "area": each patch picks its image with probability proportional to the
+    number of patch positions in it, so a large photograph counts by its pixels, not as one image.
     """
 
-    def __init__(self, pairs: Sequence[Pair], scale: int, patch: int, seed: int = 0) -> None:
+    def __init__(self, pairs: Sequence[Pair], scale: int, patch: int, seed: int = 0, sampling: str = "image") -> None:
         if not pairs:
             raise ValueError("no training images large enough for the patch size")
+        if sampling not in ("image", "area"):
+            raise ValueError(f"sampling must be image or area, got {sampling!r}")
         self.pairs = list(pairs)
         self.scale = scale
         self.patch = patch
         self.seed = seed
+        self.sampling = sampling
+        positions = [(p.lr.shape[0] - patch + 1) * (p.lr.shape[1] - patch + 1) for p in self.pairs]
+        self._cumulative = np.cumsum(np.array(positions, dtype=np.float64))
 
     def __len__(self) -> int:
         return 2**62  # indexed by global sample number; the sampler decides which ones
 
     def image_index(self, g: int) -> int:
+        if self.sampling == "area":
+            u = np.random.default_rng([self.seed, 3, g]).random() * self._cumulative[-1]
+            return int(np.searchsorted(self._cumulative, u, side="right"))
         n = len(self.pairs)
         order = np.random.default_rng([self.seed, 1, g // n]).permutation(n)
         return int(order[g % n])

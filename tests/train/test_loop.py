@@ -43,6 +43,28 @@ def test_learning_rate_schedule() -> None:
     assert [learning_rate(warm, i) for i in (0, 3, 4)] == [5e-5, 2e-4, 2e-4]
 
 
+def test_cosine_and_linear_decay_end_at_lr_final() -> None:
+    c = TrainConfig(lr=2e-4, lr_milestones=(10,), iterations=30, decay="cosine", decay_start=20, lr_final=1e-6)
+    assert learning_rate(c, 19) == 1e-4  # the step schedule before decay_start
+    assert learning_rate(c, 20) == pytest.approx(1e-4)  # the decay starts from the step schedule's lr there
+    assert learning_rate(c, 25) == pytest.approx((1e-4 + 1e-6) / 2)  # half-way down the cosine
+    assert learning_rate(c, 30) == pytest.approx(1e-6)
+    linear = c.replace(decay="linear")
+    assert learning_rate(linear, 22) == pytest.approx(1e-6 + (1e-4 - 1e-6) * 0.8)
+    with pytest.raises(ValueError, match="decay must be one of"):
+        c.replace(decay="exp")
+
+
+def test_l2_loss_is_the_mean_squared_error(images: Path, tmp_path: Path) -> None:
+    first = {}
+    for loss in ("l1", "l2"):  # same seed: the same first batch through the same initial weights
+        train(tiny_config(images, tmp_path / loss, iterations=1, log_every=1, loss=loss))
+        first[loss] = _losses(tmp_path / loss)[0]
+    assert first["l1"] ** 2 <= first["l2"] < first["l1"]  # Jensen's inequality; errors below 1
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TrainConfig(loss="huber")
+
+
 def test_loss_falls(images: Path, tmp_path: Path) -> None:
     train(tiny_config(images, tmp_path, iterations=30, lr=2e-3))
     losses = _losses(tmp_path)

@@ -18,12 +18,19 @@ _AT_LEAST = {  # the smallest value each integer setting may take
     "batch": 1,
     "iterations": 1,
     "warmup": 0,
+    "decay_start": 0,
     "workers": 0,
     "threads": 0,
     "log_every": 1,
     "val_every": 1,
     "save_every": 1,
     "stop_after": 0,
+}
+_CHOICES = {  # the values each string setting may take
+    "precision": ("fp32", "bf16", "auto"),
+    "decay": ("step", "cosine", "linear"),
+    "sampling": ("image", "area"),
+    "loss": ("l1", "l2"),
 }
 
 
@@ -44,6 +51,23 @@ class TrainConfig:
         default=(100_000, 200_000, 300_000, 400_000), metadata={"help": "iterations where the lr is multiplied"}
     )
     lr_gamma: float = field(default=0.5, metadata={"help": "lr factor at each milestone"})
+    decay: str = field(
+        default="step",
+        metadata={
+            "help": "lr schedule: step (lr_gamma at each milestone), or cosine / linear: from decay_start on,"
+            " from the step schedule's lr there down to lr_final at the last iteration"
+        },
+    )
+    decay_start: int = field(default=0, metadata={"help": "iteration where a cosine or linear decay begins"})
+    lr_final: float = field(default=0.0, metadata={"help": "lr at the last iteration of a cosine or linear decay"})
+    sampling: str = field(
+        default="image",
+        metadata={
+            "help": "how a patch picks its image: image (each equally often) or area (in proportion to its"
+            " size, so large photographs count by their pixels)"
+        },
+    )
+    loss: str = field(default="l1", metadata={"help": "pixel loss: l1 (the paper's) or l2 (mean squared error)"})
     warmup: int = field(default=0, metadata={"help": "linear lr warm-up iterations"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
     eps: float = field(default=1e-8, metadata={"help": "Adam epsilon"})
@@ -71,8 +95,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
-        if self.precision not in ("fp32", "bf16", "auto"):
-            raise ValueError(f"precision must be fp32, bf16 or auto, got {self.precision!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         for name, low in _AT_LEAST.items():
             value = getattr(self, name)
             if not value >= low:  # also catches NaN
@@ -80,6 +105,8 @@ class TrainConfig:
         for name in ("lr", "lr_gamma", "save_minutes"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not 0 <= self.lr_final < math.inf:
+            raise ValueError(f"lr_final must be a number >= 0, got {self.lr_final}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
 

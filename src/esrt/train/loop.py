@@ -1,4 +1,4 @@
-"""The training loop: L1 + Adam on random patches, exact resume, a checkpoint on SIGTERM/SIGINT, DDP under torchrun.
+"""The training loop: L1 or L2 + Adam on random patches, exact resume, a checkpoint on SIGTERM, DDP under torchrun.
 
 Follows the paper's recipe (L1 loss, Adam, step decay; docs/architecture.md); every setting is a TrainConfig field.
 """
@@ -70,11 +70,17 @@ class TrainResult:
 
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
-    """lr at iteration: linear warm-up, then multiplied by lr_gamma at each milestone passed."""
-    factor = config.lr_gamma ** sum(iteration >= m for m in config.lr_milestones)
+    """lr at iteration: linear warm-up, then multiplied by lr_gamma at each milestone passed; with a cosine or
+    linear decay, from decay_start on it falls from the step schedule's value there to lr_final."""
+    stepped = lambda i: config.lr * config.lr_gamma ** sum(i >= m for m in config.lr_milestones)  # noqa: E731
+    lr = stepped(iteration)
+    if config.decay != "step" and iteration >= config.decay_start:
+        done = (iteration - config.decay_start) / max(1, config.iterations - config.decay_start)
+        remaining = (1 + math.cos(math.pi * done)) / 2 if config.decay == "cosine" else 1 - done
+        lr = config.lr_final + (stepped(config.decay_start) - config.lr_final) * remaining
     if config.warmup and iteration < config.warmup:
-        factor *= (iteration + 1) / config.warmup
-    return config.lr * factor
+        lr *= (iteration + 1) / config.warmup
+    return lr
 
 
 class _StopFlag:
@@ -136,7 +142,7 @@ def _loader(config: TrainConfig, out_dir: Path, start: int, rank: int, world: in
     if rank == 0 and skipped:
         print(f"skipped {len(skipped)} images smaller than a {config.patch * config.scale}px HR patch")
     return torch.utils.data.DataLoader(
-        PatchDataset(pairs, config.scale, config.patch, config.seed),
+        PatchDataset(pairs, config.scale, config.patch, config.seed, config.sampling),
         batch_size=config.batch // world,
         sampler=StepSampler(config.batch, start, rank, world),
         num_workers=config.workers,
@@ -236,7 +242,8 @@ class _Run:
         lr_batch = batch[0].to(self.device, memory_format=memory_format)
         with autocast(self.config.precision, self.device.type):
             sr = self.step_model(lr_batch)
-        loss = F.l1_loss(sr.float(), batch[1].to(self.device))
+        pixel_loss = F.l1_loss if self.config.loss == "l1" else F.mse_loss
+        loss = pixel_loss(sr.float(), batch[1].to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if not _finite(loss, list(self.model.parameters())):

@@ -1,0 +1,49 @@
+"""Prints the A/B arms of training/compare.sh as a Markdown table: settings changed, iterations, training
+minutes (from the log's speeds, so pauses do not count), Set5 / Set14 / BSD100 PSNR.
+
+    python training/compare_table.py runs/compare/x4
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+
+def changed(arm: Path, base: dict[str, object]) -> str:
+    config = json.loads((arm / "config.json").read_text())
+    skip = {"out_dir", "progress"}
+    return ", ".join(f"{k}={v}" for k, v in config.items() if k not in skip and base.get(k) != v) or "-"
+
+
+def progress(arm: Path) -> tuple[int, int, float]:
+    """First and last logged iteration and the minutes the logged iterations took."""
+    with (arm / "log.csv").open() as f:
+        rows = [r for r in csv.DictReader(f)]
+    first, last, minutes, previous = int(rows[0]["iteration"]), int(rows[-1]["iteration"]), 0.0, None
+    for row in rows:
+        it = int(row["iteration"])
+        if previous is not None:
+            minutes += (it - previous) / float(row["it_per_s"]) / 60
+        previous = it
+    return first, last, minutes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("folder", type=Path, help="runs/compare/<run>")
+    args = parser.parse_args()
+    base = json.loads((Path("training") / args.folder.name / "config.json").read_text())
+    print("| arm | settings changed | iterations | minutes | Set5 | Set14 | BSD100 |")
+    print("|---|---|---|---|---|---|---|")
+    for arm in sorted(p for p in args.folder.iterdir() if (p / "scores.json").is_file()):
+        scores = json.loads((arm / "scores.json").read_text())
+        first, last, minutes = progress(arm)
+        psnr = " | ".join(f"{scores[s]['psnr']:.3f}" for s in ("Set5", "Set14", "BSD100"))
+        print(f"| {arm.name} | {changed(arm, base)} | {first}-{last} | {minutes:.1f} | {psnr} |")
+
+
+if __name__ == "__main__":
+    main()
