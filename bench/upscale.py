@@ -1,23 +1,54 @@
-"""Benchmark of `esrt upscale`'s path: peak memory (ru_maxrss) and time for a 1920x1080 input, x4, tile auto.
+"""Benchmark of `esrt upscale`'s path at x4 on a 1920x1080 photograph: whole image against `--tile auto`, where
+the time goes, the model's GFLOP/s against a convolution micro-benchmark, and torch against onnxruntime.
 
-Prints one JSON object. Random weights (speed and memory do not depend on them). Never part of the test run.
-Usage: python bench/upscale.py [--size 1920x1080] [--scale 4] [--tile auto] [--precision fp32] [--fast] [--threads N]
+Prints one JSON object. Each pass runs in a fresh process (so that each peak memory is its own) with the
+shipped weights, in fast mode unless --exact:
+- "whole", "tiled": seconds of the model pass (upscale_pixels), peak resident memory, tiles, and the split
+  of the time: convolutions (head, LCB, body conv), transformer (LTB without its attention), attention,
+  upsampler (tail and skip), tiling (cutting and blending); the model's GFLOP/s;
+- "io": decoding the input PNG and encoding the output PNG as `esrt upscale` does;
+- "tiled_vs_whole": the time ratio and the tiled output's difference from the whole-image output, in 8-bit
+  levels, at the seams (where tiles overlap) and away from them;
+- "conv_3x3_gflops": oneDNN's fp32 3x3 conv at ESRT's width (32 -> 32 channels, channels-last) on a tile;
+- "backends": torch against onnxruntime (`--backend onnx`), whole image on a 480x320 input (--skip-onnx).
+Never part of the test run. Takes several minutes; the whole-image pass needs ~9 KB of memory per input pixel.
+
+    python bench/upscale.py [--size 1920x1080] [--scale 4] [--threads N] [--exact] [--skip-whole]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
-from esrt.model import ESRT
-from esrt.tiling import DEFAULT_OVERLAP, auto_tile_size, available_memory, tile_starts
+from esrt.devices import free_memory
+from esrt.images import read_image, write_image
+from esrt.model import EMHA, configure_attention
+from esrt.pretrained import load_model
+from esrt.runtime import to_input
+from esrt.tiling import DEFAULT_OVERLAP, available_memory, resolve_tile, tile_span, tile_starts
 from esrt.upscale import TorchUpscaler, upscale_pixels
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
+PARTS = {"head": "convolutions", "lcb": "convolutions", "body_conv": "convolutions", "ltb": "transformer"}
+PARTS |= {"tail": "upsampler", "skip": "upsampler"}
 
 
 def peak_rss_mib() -> float:
@@ -26,55 +57,199 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size", default="1920x1080", help="input WIDTHxHEIGHT (default 1920x1080)")
-    parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
-    parser.add_argument("--tile", default="auto", help="'auto', a number, or 0 for the whole image")
-    parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--fast", action="store_true", help="the fast mode (blocked attention)")
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+def make_input(path: Path, width: int, height: int) -> None:
+    """A photograph at the benchmark's size: the example image, bicubic-resized."""
+    Image.open(EXAMPLE).convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path)
+
+
+class Timers:
+    """Seconds per model part (forward hooks on ESRT's children) and in the attention kernel, with its FLOPs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.attention_flops = 0.0
+        for name, part in PARTS.items():
+            module = getattr(model, name)
+            module.register_forward_pre_hook(lambda *_, n=name: self._start(n))
+            module.register_forward_hook(lambda *_, n=name, p=part: self._stop(n, p))
+        self._started: dict[str, float] = {}
+        emha = next(m for m in model.modules() if isinstance(m, EMHA))
+        kernel, max_chunk = emha.settings.kernel, emha.settings.max_chunk
+
+        def timed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            start = time.perf_counter()
+            out = kernel(q, k, v)
+            self.seconds["attention"] += time.perf_counter() - start
+            self.attention_flops += 4.0 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]  # QK^T and PV
+            return out
+
+        configure_attention(model, kernel=timed, max_chunk=max_chunk)
+
+    def _start(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+
+    def _stop(self, name: str, part: str) -> None:
+        self.seconds[part] += time.perf_counter() - self._started.pop(name)
+
+    def split(self, total: float) -> dict[str, float]:
+        """The parts' seconds; the attention is taken out of the transformer's, tiling is what is left."""
+        parts = dict(self.seconds)
+        parts["transformer"] = parts.get("transformer", 0.0) - parts.get("attention", 0.0)
+        parts["tiling"] = total - sum(self.seconds[p] for p in set(PARTS.values()))
+        return {k: round(v, 2) for k, v in sorted(parts.items())}
+
+
+def dense_flops(model: torch.nn.Module, scale: int) -> float:
+    """FLOPs of the convolutions and linear layers per input pixel (they grow linearly with the pixels)."""
+    x = to_input(torch.rand(1, 3, 64, 64))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / (64 * 64)
+
+
+def run_pass(args: argparse.Namespace) -> dict[str, Any]:
+    """One upscale_pixels pass (args.part: whole or tiled) with the shipped weights; saves the output."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    tile = None if args.tile == "0" else "auto" if args.tile == "auto" else int(args.tile)
-    side = auto_tile_size(args.scale) if tile == "auto" else tile
-
-    torch.manual_seed(0)
-    net = TorchUpscaler(ESRT(args.scale).eval(), args.precision, fast=args.fast, malloc=True)  # as the CLI
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = np.stack([np.sin(x / 17), np.cos(y / 23), np.sin((x + y) / 31)], -1)
-    image = np.rint((image + 1) * 127.5).astype(np.uint8)  # (H, W, 3), smooth, like a photo's structure
-    baseline = peak_rss_mib()
-
     start = time.perf_counter()
-    out = upscale_pixels(image, net, tile=tile, tile_overlap=args.overlap)
+    picture = read_image(args.input)
+    decode = time.perf_counter() - start
+    net = TorchUpscaler(load_model(None, args.scale), "fp32", fast=not args.exact, malloc=True)  # as the CLI
+    net(np.zeros((3, 32, 32), np.float32))  # the first call's one-off set-up is not timed
+    timers = Timers(net.model)
+    tile = "auto" if args.part == "tiled" else None
+    height, width = picture.pixels.shape[:2]
+    start = time.perf_counter()
+    out = upscale_pixels(picture.pixels, net, tile=tile, tile_overlap=DEFAULT_OVERLAP)
     seconds = time.perf_counter() - start
-    tiles = (
-        1
-        if side is None
-        else len(tile_starts(height, side, args.overlap)) * len(tile_starts(width, side, args.overlap))
-    )
-    result = {
-        "input": f"{width}x{height}",
-        "scale": args.scale,
-        "output": f"{out.shape[1]}x{out.shape[0]}",
-        "tile": side,
-        "tile_overlap": args.overlap,
+    split, attention_flops = timers.split(seconds), timers.attention_flops  # before dense_flops runs the model
+    side = resolve_tile(tile, DEFAULT_OVERLAP, args.scale, free_memory(None))
+    th, tw = (tile_span(height, side, DEFAULT_OVERLAP), tile_span(width, side, DEFAULT_OVERLAP)) if side else (0, 0)
+    tiles = len(tile_starts(height, th, DEFAULT_OVERLAP)) * len(tile_starts(width, tw, DEFAULT_OVERLAP)) if side else 1
+    flops = dense_flops(net.model, args.scale) * (th * tw * tiles if side else height * width)
+    model_seconds = seconds - split["tiling"]
+    result: dict[str, Any] = {
+        "seconds": round(seconds, 2),
+        "peak_rss_mib": round(peak_rss_mib()),
+        "tile": f"{tw}x{th}" if side else None,
         "tiles": tiles,
-        "precision": args.precision,
-        "fast": args.fast,
-        "threads": torch.get_num_threads(),
-        "seconds": round(seconds, 1),
-        "megapixels_out_per_s": round(out.shape[0] * out.shape[1] / seconds / 1e6, 3),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "rss_before_run_mib": round(baseline, 1),
-        "available_memory_mib": round(available_memory() / 2**20),
-        "torch": torch.__version__,
+        "split_seconds": split,
+        "model_gflop": round((flops + attention_flops) / 1e9, 1),
+        "model_gflops": round((flops + attention_flops) / 1e9 / model_seconds, 1),
     }
-    print(json.dumps(result))
+    np.save(args.output, out)
+    if args.part == "tiled":
+        start = time.perf_counter()
+        write_image(Path(args.output).with_suffix(".png"), out)
+        result["io"] = {"decode_png_s": round(decode, 2), "encode_png_s": round(time.perf_counter() - start, 2)}
+    return result
+
+
+def seam_mask(height: int, width: int, side: int, scale: int) -> np.ndarray:
+    """True on output pixels where two tiles overlap (--tile auto, DEFAULT_OVERLAP)."""
+
+    def overlaps(length: int) -> np.ndarray:
+        span = tile_span(length, side, DEFAULT_OVERLAP)
+        starts = tile_starts(length, span, DEFAULT_OVERLAP)
+        mask = np.zeros(length * scale, bool)
+        for a, b in itertools.pairwise(starts):
+            mask[b * scale : (a + span) * scale] = True
+        return mask
+
+    return overlaps(height)[:, None] | overlaps(width)[None, :]
+
+
+def conv_gflops(height: int, width: int, repeats: int = 5) -> float:
+    """GFLOP/s of a 3x3 conv, 32 -> 32 channels, fp32, channels-last, on a (1, 32, height, width) input."""
+    x = torch.rand(1, 32, height, width).to(memory_format=torch.channels_last)
+    w = torch.rand(32, 32, 3, 3).to(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            F.conv2d(x, w, padding=1)
+            times.append(time.perf_counter() - start)
+    return 2 * 32 * 32 * 9 * height * width / statistics.median(times[1:]) / 1e9
+
+
+def backends(scale: int, folder: Path, repeats: int = 3) -> dict[str, Any]:
+    """Seconds (median) of torch and onnxruntime, fast mode, whole image, on a 480x320 input."""
+    from esrt.export import OnnxUpscaler, export_onnx
+
+    model = load_model(None, scale)
+    onnx_path = export_onnx(model, folder / "esrt.onnx")
+    x = np.random.default_rng(0).random((3, 320, 480), dtype=np.float32)
+    runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "torch": TorchUpscaler(model, "fp32", fast=True, malloc=True),
+        "onnxruntime": OnnxUpscaler(onnx_path, threads=torch.get_num_threads()),
+    }
+    result: dict[str, Any] = {"input": "480x320"}
+    outputs = {}
+    for name, run in runners.items():
+        outputs[name] = run(x)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        result[f"{name}_s"] = round(statistics.median(times), 2)
+    result["max_abs_diff"] = float(np.abs(outputs["torch"] - outputs["onnxruntime"]).max())
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--size", default="1920x1080", help="input WIDTHxHEIGHT (default 1920x1080)")
+    parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument("--exact", action="store_true", help="the exact mode instead of the fast one")
+    parser.add_argument("--skip-whole", action="store_true", help="no whole-image pass (it needs the most memory)")
+    parser.add_argument("--skip-onnx", action="store_true", help="no torch-against-onnxruntime timing")
+    parser.add_argument("--part", choices=("whole", "tiled"), help=argparse.SUPPRESS)  # one pass, in a child
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        print(json.dumps(run_pass(args)))
+        return
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    report: dict[str, Any] = {"input": f"{width}x{height}", "scale": args.scale}
+    report |= {"mode": "exact" if args.exact else "fast", "threads": args.threads or torch.get_num_threads()}
+    report["torch"] = torch.__version__
+    report["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    report["available_memory_mib"] = round(available_memory() / 2**20)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        make_input(folder / "input.png", width, height)
+        parts = ["tiled"] if args.skip_whole else ["whole", "tiled"]
+        for part in parts:
+            command = [sys.executable, __file__, "--part", part, "--input", str(folder / "input.png")]
+            command += ["--output", str(folder / f"{part}.npy"), "--scale", str(args.scale)]
+            command += ["--threads", str(args.threads)] + (["--exact"] if args.exact else [])
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                report[part] = {"error": (done.stderr.strip().splitlines() or ["killed"])[-1]}
+                continue
+            report[part] = json.loads(done.stdout.strip().splitlines()[-1])
+        report["io"] = report.get("tiled", {}).pop("io", None)
+        if "seconds" in report.get("whole", {}) and "seconds" in report.get("tiled", {}):
+            whole, tiled = np.load(folder / "whole.npy"), np.load(folder / "tiled.npy")
+            diff = np.abs(whole.astype(np.int16) - tiled.astype(np.int16))
+            side = resolve_tile("auto", DEFAULT_OVERLAP, args.scale, free_memory(None))
+            seams = seam_mask(height, width, side or max(height, width), args.scale)
+            report["tiled_vs_whole"] = {
+                "time_ratio": round(report["tiled"]["seconds"] / report["whole"]["seconds"], 3),
+                "mean_abs_diff_at_seams": round(float(diff[seams].mean()), 4),
+                "mean_abs_diff_elsewhere": round(float(diff[~seams].mean()), 4),
+                "max_abs_diff": int(diff.max()),
+            }
+        tile = (report.get("tiled") or {}).get("tile") or "256x256"
+        tw, th = (int(v) for v in tile.split("x"))
+        report["conv_3x3_gflops"] = round(conv_gflops(th, tw), 1)
+        if not args.skip_onnx:
+            report["backends"] = backends(args.scale, folder)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

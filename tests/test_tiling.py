@@ -16,6 +16,7 @@ from esrt.tiling import (
     resolve_tile,
     run_tiled,
     self_ensemble,
+    tile_span,
     tile_starts,
 )
 from esrt.upscale import TorchUpscaler
@@ -56,13 +57,29 @@ def test_blend_ramps_are_linear_and_feather_the_edges() -> None:
     np.testing.assert_allclose(w1[:4], [0.125, 0.375, 0.625, 0.875])
 
 
-@pytest.mark.parametrize(("tile", "overlap"), [(16, 4), (16, 8), (20, 0), (17, 6)])
-def test_tiled_pointwise_net_is_exact(tile: int, overlap: int) -> None:
-    x = np.random.default_rng(0).random((3, 37, 45), dtype=np.float32)
+@pytest.mark.parametrize(
+    ("tile", "overlap", "shape"), [(16, 4, (37, 45)), (16, 8, (37, 45)), (20, 0, (37, 45)), (17, 6, (37, 45)),
+                                   (16, 8, (26, 26))]  # 26 at 16/8: three tiles of 14, the first and last overlap
+)  # fmt: skip
+def test_tiled_pointwise_net_is_exact(tile: int, overlap: int, shape: tuple[int, int]) -> None:
+    x = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
     whole = Nearest()(x)
     tiled, count = collect(x, Nearest(), tile, overlap)
     assert count > 4
     np.testing.assert_allclose(tiled, whole, atol=1e-6)
+
+
+def test_tile_span_makes_the_fewest_equal_tiles() -> None:
+    for length, tile, overlap in itertools.product(range(2, 300, 7), (16, 33, 64), (0, 4, 8, 16)):
+        if overlap > tile // 2:
+            continue  # resolve_tile refuses it
+        span = tile_span(length, tile, overlap)
+        starts = tile_starts(length, span, overlap)
+        fewest = 1 if length <= tile else -(-(length - overlap) // (tile - overlap))
+        assert span <= tile and len(starts) == fewest and starts[-1] + span == length
+        assert all(a + span - b >= overlap for a, b in itertools.pairwise(starts))  # at least `overlap` shared
+        assert all(b - a in (span - overlap, span - overlap - 1) for a, b in itertools.pairwise(starts[:-1]))
+    assert (tile_span(1080, 320, 16), tile_span(1920, 320, 16)) == (282, 288)  # 4 x 7 tiles, not 4 x 7 of 320
 
 
 def test_tiles_agree_with_whole_image_away_from_seams() -> None:

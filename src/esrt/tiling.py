@@ -18,7 +18,7 @@ Network = Callable[[np.ndarray], np.ndarray]  # (3, h, w) float32 -> (3, s*h, s*
 
 DEFAULT_OVERLAP = 16  # LR pixels shared by neighbouring tiles, blended with linear ramps
 MIN_TILE = 16
-AUTO_TILE_BUDGET = 512 * 2**20  # bytes one tile's forward pass may take, at most
+AUTO_TILE_BUDGET = 1280 * 2**20  # bytes one tile's forward pass may take, at most (a process peak under 2 GiB)
 # Peak bytes per LR pixel of one fp32 forward pass (measured with ru_maxrss on 128-256 px tiles, +20%).
 BYTES_PER_PIXEL = {2: 10_500, 3: 11_500, 4: 12_000}
 
@@ -77,6 +77,15 @@ def resolve_tile(tile: Tile, overlap: int, scale: int, available: int | None = N
     return size
 
 
+def tile_span(length: int, tile: int, overlap: int) -> int:
+    """The tile length along an axis: as few tiles of at most `tile` pixels as cover length, made equal, so that
+    the last tile does not overlap its neighbour by more than the others do (less work recomputed)."""
+    if length <= tile:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return math.ceil((length + (count - 1) * overlap) / count)
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size min(tile, length) covering [0, length); the last one ends at length."""
     if length <= tile:
@@ -115,11 +124,12 @@ def run_tiled(
 ) -> int:
     """Super-resolves x (3, H, W) tile by tile; calls emit(row, out_rows) with finished output rows in order.
 
-    Tiles are tile x tile LR pixels, neighbours share `overlap` pixels that are blended with linear ramps.
+    Tiles are at most tile x tile LR pixels (tile_span: equal along each axis), neighbours share at least
+    `overlap` pixels, blended with linear ramps.
     Only a band of output rows one tile high is kept in float32 at a time. Returns the number of tiles.
     """
     _, H, W = x.shape
-    th, tw = (H, W) if tile is None else (min(tile, H), min(tile, W))
+    th, tw = (H, W) if tile is None else (tile_span(H, tile, overlap), tile_span(W, tile, overlap))
     ys, xs = tile_starts(H, th, overlap), tile_starts(W, tw, overlap)
     if len(ys) == len(xs) == 1:
         emit(0, net(x))  # (3, sH, sW)
