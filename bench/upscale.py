@@ -10,7 +10,8 @@ shipped weights, in fast mode unless --exact:
 - "tiled_vs_whole": the time ratio and the tiled output's difference from the whole-image output, in 8-bit
   levels, at the seams (where tiles overlap) and away from them;
 - "conv_3x3_gflops": oneDNN's fp32 3x3 conv at ESRT's width (32 -> 32 channels, channels-last) on a tile;
-- "backends": torch against onnxruntime (`--backend onnx`), whole image on a 480x320 input (--skip-onnx).
+- "backends": torch against onnxruntime (`--backend onnx`), fast mode, whole image on a 240x160 input
+  (--skip-onnx), each in its own process.
 Never part of the test run. Takes several minutes; the whole-image pass needs ~9 KB of memory per input pixel.
 
     python bench/upscale.py [--size 1920x1080] [--scale 4] [--threads N] [--exact] [--skip-whole]
@@ -49,6 +50,7 @@ from esrt.upscale import TorchUpscaler, upscale_pixels
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
 PARTS = {"head": "convolutions", "lcb": "convolutions", "body_conv": "convolutions", "ltb": "transformer"}
 PARTS |= {"tail": "upsampler", "skip": "upsampler"}
+BACKEND_SIZE = (240, 160)  # onnxruntime needs ~75 KB per input pixel (all attention chunks at once)
 
 
 def peak_rss_mib() -> float:
@@ -172,29 +174,37 @@ def conv_gflops(height: int, width: int, repeats: int = 5) -> float:
     return 2 * 32 * 32 * 9 * height * width / statistics.median(times[1:]) / 1e9
 
 
-def backends(scale: int, folder: Path, repeats: int = 3) -> dict[str, Any]:
-    """Seconds (median) of torch and onnxruntime, fast mode, whole image, on a 480x320 input."""
-    from esrt.export import OnnxUpscaler, export_onnx
+def run_backend(args: argparse.Namespace, repeats: int = 3) -> dict[str, Any]:
+    """Median seconds and peak memory of one backend (args.part: torch or onnx), fast mode, whole image."""
+    from esrt.export import OnnxUpscaler
 
-    model = load_model(None, scale)
-    onnx_path = export_onnx(model, folder / "esrt.onnx")
-    x = np.random.default_rng(0).random((3, 320, 480), dtype=np.float32)
-    runners: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "torch": TorchUpscaler(model, "fp32", fast=True, malloc=True),
-        "onnxruntime": OnnxUpscaler(onnx_path, threads=torch.get_num_threads()),
-    }
-    result: dict[str, Any] = {"input": "480x320"}
-    outputs = {}
-    for name, run in runners.items():
-        outputs[name] = run(x)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        result[f"{name}_s"] = round(statistics.median(times), 2)
-    result["max_abs_diff"] = float(np.abs(outputs["torch"] - outputs["onnxruntime"]).max())
-    return result
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    width, height = BACKEND_SIZE
+    x = np.random.default_rng(0).random((3, height, width), dtype=np.float32)
+    if args.part == "onnx":
+        run: Callable[[np.ndarray], np.ndarray] = OnnxUpscaler(args.input, threads=torch.get_num_threads())
+    else:
+        run = TorchUpscaler(load_model(None, args.scale), "fp32", fast=True, malloc=True)
+    out = run(x)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    np.save(args.output, out)
+    return {"seconds": round(statistics.median(times), 2), "peak_rss_mib": round(peak_rss_mib())}
+
+
+def child(args: argparse.Namespace, part: str, folder: Path, input_path: Path) -> dict[str, Any]:
+    """Runs one part in a fresh process: its JSON line, or its last error line (a process killed for memory)."""
+    command = [sys.executable, __file__, "--part", part, "--input", str(input_path)]
+    command += ["--output", str(folder / f"{part}.npy"), "--scale", str(args.scale)]
+    command += ["--threads", str(args.threads)] + (["--exact"] if args.exact else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -205,12 +215,12 @@ def main() -> None:
     parser.add_argument("--exact", action="store_true", help="the exact mode instead of the fast one")
     parser.add_argument("--skip-whole", action="store_true", help="no whole-image pass (it needs the most memory)")
     parser.add_argument("--skip-onnx", action="store_true", help="no torch-against-onnxruntime timing")
-    parser.add_argument("--part", choices=("whole", "tiled"), help=argparse.SUPPRESS)  # one pass, in a child
+    parser.add_argument("--part", choices=("whole", "tiled", "torch", "onnx"), help=argparse.SUPPRESS)  # a child
     parser.add_argument("--input", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:
-        print(json.dumps(run_pass(args)))
+        print(json.dumps(run_pass(args) if args.part in ("whole", "tiled") else run_backend(args)))
         return
 
     width, height = (int(v) for v in args.size.lower().split("x"))
@@ -222,16 +232,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_input(folder / "input.png", width, height)
-        parts = ["tiled"] if args.skip_whole else ["whole", "tiled"]
-        for part in parts:
-            command = [sys.executable, __file__, "--part", part, "--input", str(folder / "input.png")]
-            command += ["--output", str(folder / f"{part}.npy"), "--scale", str(args.scale)]
-            command += ["--threads", str(args.threads)] + (["--exact"] if args.exact else [])
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                report[part] = {"error": (done.stderr.strip().splitlines() or ["killed"])[-1]}
-                continue
-            report[part] = json.loads(done.stdout.strip().splitlines()[-1])
+        for part in ["tiled"] if args.skip_whole else ["whole", "tiled"]:
+            report[part] = child(args, part, folder, folder / "input.png")
         report["io"] = report.get("tiled", {}).pop("io", None)
         if "seconds" in report.get("whole", {}) and "seconds" in report.get("tiled", {}):
             whole, tiled = np.load(folder / "whole.npy"), np.load(folder / "tiled.npy")
@@ -240,7 +242,7 @@ def main() -> None:
             seams = seam_mask(height, width, side or max(height, width), args.scale)
             report["tiled_vs_whole"] = {
                 "time_ratio": round(report["tiled"]["seconds"] / report["whole"]["seconds"], 3),
-                "mean_abs_diff_at_seams": round(float(diff[seams].mean()), 4),
+                "mean_abs_diff_at_seams": round(float(diff[seams].mean()), 4) if seams.any() else None,
                 "mean_abs_diff_elsewhere": round(float(diff[~seams].mean()), 4),
                 "max_abs_diff": int(diff.max()),
             }
@@ -248,7 +250,16 @@ def main() -> None:
         tw, th = (int(v) for v in tile.split("x"))
         report["conv_3x3_gflops"] = round(conv_gflops(th, tw), 1)
         if not args.skip_onnx:
-            report["backends"] = backends(args.scale, folder)
+            from esrt.export import export_onnx
+
+            onnx_path = export_onnx(load_model(None, args.scale), folder / "esrt.onnx")  # fast mode
+            compared: dict[str, Any] = {"input": "x".join(map(str, BACKEND_SIZE))}
+            for part in ("torch", "onnx"):
+                compared[part] = child(args, part, folder, onnx_path)
+            if "seconds" in compared["onnx"]:
+                diff = np.load(folder / "torch.npy") - np.load(folder / "onnx.npy")
+                compared["max_abs_diff"] = float(np.abs(diff).max())
+            report["backends"] = compared
     print(json.dumps(report))
 
 

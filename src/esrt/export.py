@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 OPSET = 18
 TRACE_SIZE = (7, 9)  # N = 63 tokens, N % 4 == 3: the trace records the remainder chunk of the Feature Split
 INPUT, OUTPUT = "input", "output"
+# Peak bytes per input pixel of a fast-mode graph in onnxruntime (it computes every chunk's attention scores at
+# once): 74-77 KB measured with ru_maxrss at 64x64-160x128 px, x4, +20%; PyTorch's: esrt.tiling.BYTES_PER_PIXEL.
+ONNX_BYTES_PER_PIXEL = 92_000
 
 
 def require(name: str) -> ModuleType:
@@ -195,6 +198,7 @@ class OnnxUpscaler:
         self.opset = int(meta.get("opset", 0))
         self.fast = meta.get("max_chunk", "none") != "none"  # files from before the fast default hold no entry
         self.name = str(path)
+        self.bytes_per_pixel = ONNX_BYTES_PER_PIXEL  # the auto tile size is planned from it
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(x, dtype=np.float32)[None]  # (1, 3, h, w)

@@ -55,21 +55,26 @@ def available_memory() -> int:
         return 4 * 2**30
 
 
-def auto_tile_size(scale: int, available: int | None = None) -> int:
-    """The tile side (LR pixels) whose forward pass fits in a quarter of available memory, at most 512 MiB."""
+def auto_tile_size(scale: int, available: int | None = None, bytes_per_pixel: int | None = None) -> int:
+    """The tile side (LR pixels) whose forward pass fits in a quarter of available memory, at most
+    AUTO_TILE_BUDGET; bytes_per_pixel: the backend's peak bytes per LR pixel (default: PyTorch's, by scale)."""
     if available is None:
         available = available_memory()
     budget = min(available // 4, AUTO_TILE_BUDGET)
-    side = int(math.sqrt(budget / BYTES_PER_PIXEL.get(scale, max(BYTES_PER_PIXEL.values()))))
+    per_pixel = bytes_per_pixel or BYTES_PER_PIXEL.get(scale, max(BYTES_PER_PIXEL.values()))
+    side = int(math.sqrt(budget / per_pixel))
     return max(64, min(512, side // 16 * 16))
 
 
-def resolve_tile(tile: Tile, overlap: int, scale: int, available: int | None = None) -> int | None:
+def resolve_tile(
+    tile: Tile, overlap: int, scale: int, available: int | None = None, bytes_per_pixel: int | None = None
+) -> int | None:
     """The tile side to use (None: whole image), "auto" resolved from available bytes (None: free host RAM; a
-    GPU's free memory on CUDA, esrt.devices.free_memory); ValueError for a tile or overlap out of range."""
+    GPU's free memory on CUDA, esrt.devices.free_memory) and the backend's bytes_per_pixel (auto_tile_size);
+    ValueError for a tile or overlap out of range."""
     if tile is None or tile == 0:
         return None
-    size = auto_tile_size(scale, available) if tile == "auto" else tile
+    size = auto_tile_size(scale, available, bytes_per_pixel) if tile == "auto" else tile
     if not isinstance(size, int) or isinstance(size, bool) or size < MIN_TILE:
         raise ValueError(f"tile must be 'auto', None/0 (whole image) or an integer >= {MIN_TILE}, got {tile!r}")
     if not 0 <= overlap <= size // 2:

@@ -31,11 +31,23 @@ ImageT = TypeVar("ImageT", bound=Image.Image | np.ndarray)  # upscale returns th
 
 
 class Upscaler(Protocol):
-    """Anything that super-resolves one (3, h, w) float32 array in [0, 1] to (3, scale*h, scale*w)."""
+    """Anything that super-resolves one (3, h, w) float32 array in [0, 1] to (3, scale*h, scale*w).
+
+    Optional attributes: device (a torch device: tiles are planned from a GPU's memory) and bytes_per_pixel
+    (peak bytes per input pixel, when not PyTorch's: the auto tile size is planned from it).
+    """
 
     scale: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def plan_tile(tile: Tile, overlap: int, net: Upscaler) -> int | None:
+    """The tile side net runs at (None: whole image): "auto" from the free memory where net runs."""
+    from esrt.devices import free_memory
+
+    memory = free_memory(getattr(net, "device", None))  # a GPU's own memory; None: host RAM
+    return resolve_tile(tile, overlap, net.scale, memory, getattr(net, "bytes_per_pixel", None))
 
 
 class TorchUpscaler:
@@ -120,14 +132,12 @@ def upscale_pixels(
     Colour (or grey, as three equal channels, averaged back) goes through the network; alpha is resized
     bicubically (alpha="bicubic") or run through the network as grey (alpha="model").
     """
-    from esrt.devices import free_memory
-
     pixels = check_pixels(pixels)
     H, W, C = pixels.shape
     if H < 2 or W < 2:
         raise ImageError(f"image is {W}x{H}: ESRT needs at least 2x2 pixels")
     s = net.scale
-    size = resolve_tile(tile, tile_overlap, s, free_memory(getattr(net, "device", None)))  # a GPU's own memory
+    size = plan_tile(tile, tile_overlap, net)
     final = output_size(W, H, s, outscale)
     forward = checked(self_ensemble(net) if tta else net, getattr(net, "name", None) or type(net).__name__)
     colours = 3 if C >= 3 else 1

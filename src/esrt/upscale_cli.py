@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from esrt.devices import free_memory, resolve_device
+from esrt.devices import resolve_device
 from esrt.images import FORMATS, IMAGE_SUFFIXES, ImageError, check_quality, is_image_name, read_image, write_image
-from esrt.tiling import parse_tile, resolve_tile
-from esrt.upscale import Upscaler, load_upscaler, upscale_pixels
+from esrt.tiling import parse_tile
+from esrt.upscale import Upscaler, load_upscaler, plan_tile, upscale_pixels
 
 if TYPE_CHECKING:
     import argparse
@@ -142,7 +142,7 @@ def main_upscale(args: argparse.Namespace) -> int:
     tag = f"{args.outscale:g}" if args.outscale else str(net.scale)
     jobs, plan_errors, fmt = plan_outputs(inputs, args.output, args.format, tag)
     check_writable({job.target.parent for job in jobs})
-    size = resolve_tile(tile, args.tile_overlap, net.scale, free_memory(getattr(net, "device", None)))  # checked once
+    size = plan_tile(tile, args.tile_overlap, net)  # checked once
     for line in errors + plan_errors:
         print(f"{PREFIX}: {line}", file=sys.stderr)
     written, skipped, failed = _run_jobs(jobs, net, size, fmt, args)
