@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from esrt.images import (
+    PNG_LEVEL,
     ImageError,
     find_images,
     modcrop,
@@ -168,6 +169,28 @@ def test_write_is_atomic_and_removes_stale_temporaries(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="format"):
         write_image(tmp_path / "x.gif", smooth(4, 5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_level_trades_size_for_time_and_never_pixels(tmp_path: Path, bits: int) -> None:
+    a = smooth(64, 80) if bits == 8 else smooth(64, 80).astype(np.uint16) * 257
+    sizes = {}
+    for level in (0, 9):
+        path = tmp_path / f"l{level}.png"
+        write_image(path, a, png_level=level)
+        np.testing.assert_array_equal(read_image(path).pixels, a)
+        sizes[level] = path.stat().st_size
+    assert sizes[9] < 0.9 * sizes[0]  # level 0 stores the rows uncompressed
+    with pytest.raises(ImageError, match="PNG compression level"):
+        write_image(tmp_path / "bad.png", a, png_level=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l0.png", "l9.png"]
+
+
+def test_png_level_option_default_is_png_level() -> None:
+    from esrt.cli import build_parser
+
+    args = build_parser().parse_args(["upscale", "a.png"])
+    assert args.png_level == PNG_LEVEL
 
 
 def test_quality_out_of_range_is_refused(tmp_path: Path) -> None:

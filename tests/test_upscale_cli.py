@@ -152,6 +152,7 @@ def test_cli_user_errors_are_one_line(
         (["--threads", "0"], "--threads"),
         (["--quality", "1000"], "quality"),
         (["--quality", "0"], "quality"),
+        (["--png-level", "10"], "PNG compression level"),
         (["--fast", "--exact"], "contradict"),
     ],
 )

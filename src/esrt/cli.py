@@ -132,6 +132,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", choices=("bicubic", "model"), default="bicubic", help="how alpha is upscaled")
     p.add_argument("--format", choices=("png", "jpg", "webp", "bmp", "tiff"), default=None, help="output format (png)")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95)")
+    p.add_argument("--png-level", type=int, default=3, metavar="N", help="PNG zlib level, 0-9 (default 3; 9: smallest)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders (and ** in globs)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all)")

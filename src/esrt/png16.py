@@ -15,8 +15,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png16(pixels: np.ndarray, icc: bytes | None = None) -> bytes:
-    """A 16-bit PNG (grey+alpha, RGB or RGBA), rows Sub-filtered; PIL cannot write 16-bit colour."""
+def encode_png16(pixels: np.ndarray, icc: bytes | None = None, level: int = 6) -> bytes:
+    """A 16-bit PNG (grey+alpha, RGB or RGBA), rows Sub-filtered, zlib level `level`; PIL cannot write 16-bit
+    colour."""
     H, W, C = pixels.shape
     raw = pixels.astype(">u2").reshape(H, W * C).view(np.uint8).reshape(H, W * C * 2)
     bpp = 2 * C
@@ -28,5 +29,5 @@ def encode_png16(pixels: np.ndarray, icc: bytes | None = None) -> bytes:
     chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 16, colour_type, 0, 0, 0))]
     if icc:
         chunks.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
-    chunks += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _png_chunk(b"IEND", b"")]
+    chunks += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)), _png_chunk(b"IEND", b"")]
     return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from esrt.devices import resolve_device
-from esrt.images import FORMATS, IMAGE_SUFFIXES, ImageError, check_quality, is_image_name, read_image, write_image
+from esrt.images import (
+    FORMATS,
+    IMAGE_SUFFIXES,
+    ImageError,
+    check_png_level,
+    check_quality,
+    is_image_name,
+    read_image,
+    write_image,
+)
 from esrt.tiling import parse_tile
 from esrt.upscale import Upscaler, load_upscaler, plan_tile, upscale_pixels
 
@@ -124,6 +133,7 @@ def check_options(args: argparse.Namespace) -> None:
     if args.fast and args.exact:
         raise ValueError("--fast and --exact contradict each other (fast is the default)")
     check_quality(args.quality)
+    check_png_level(args.png_level)
 
 
 def main_upscale(args: argparse.Namespace) -> int:
@@ -172,7 +182,7 @@ def _run_jobs(jobs: list[Job], net: Upscaler, tile: int | None, fmt: str, args: 
                     outscale=args.outscale, alpha=args.alpha, progress=True,
                 )  # fmt: skip
                 job.target.parent.mkdir(parents=True, exist_ok=True)
-                write_image(job.target, pixels, picture.icc, fmt, args.quality)
+                write_image(job.target, pixels, picture.icc, fmt, args.quality, args.png_level)
                 counts[0] += 1
             except (ImageError, OSError, ValueError, RuntimeError, MemoryError) as exc:
                 counts[2] += 1
