@@ -1,5 +1,5 @@
 """Prints the A/B arms of training/compare.sh as a Markdown table: settings changed, iterations, training
-minutes (from the log's speeds, so pauses do not count), Set5 / Set14 / BSD100 PSNR.
+minutes (at the log's median speed, so pauses do not count), Set5 / Set14 / BSD100 PSNR.
 
     python training/compare_table.py runs/compare/x4
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 
 
@@ -19,16 +20,13 @@ def changed(arm: Path, base: dict[str, object]) -> str:
 
 
 def progress(arm: Path) -> tuple[int, int, float]:
-    """First and last logged iteration and the minutes the logged iterations took."""
+    """First and last logged iteration, and the minutes the iterations take at the median logged speed (so
+    that a pause for a benchmark does not count)."""
     with (arm / "log.csv").open() as f:
-        rows = [r for r in csv.DictReader(f)]
-    first, last, minutes, previous = int(rows[0]["iteration"]), int(rows[-1]["iteration"]), 0.0, None
-    for row in rows:
-        it = int(row["iteration"])
-        if previous is not None:
-            minutes += (it - previous) / float(row["it_per_s"]) / 60
-        previous = it
-    return first, last, minutes
+        rows = list(csv.DictReader(f))
+    first, last = int(rows[0]["iteration"]), int(rows[-1]["iteration"])
+    speed = statistics.median(float(r["it_per_s"]) for r in rows[1:] or rows)
+    return first, last, (last - first) / speed / 60
 
 
 def main() -> None:
