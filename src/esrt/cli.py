@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 from esrt import __version__
 
@@ -215,9 +216,25 @@ def _add_running_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="x8 self-ensemble, 'ESRT+' in papers' tables (8x slower)")
 
 
+# GNU OpenMP spins this many times before sleeping when a thread waits (default 300,000): beside another busy
+# process, spinning threads fight it for the CPUs, and an x4 upscale on 2 cores took 4.1 s instead of 1.8 s
+# with one core busy; 1,000 kept the idle speed (1.03 s against 1.02 s) and gave 1.8 s (bench/threads.py).
+GOMP_SPINCOUNT = "1000"
+_INFERENCE_COMMANDS = ("upscale", "eval", "demo", "export")
+
+
+def wait_gently(environ: MutableMapping[str, str]) -> None:
+    """Sets GOMP_SPINCOUNT in environ unless the user set it or OMP_WAIT_POLICY. Effective only before torch
+    (and with it OpenMP) is first imported, which the inference commands do after this."""
+    if "GOMP_SPINCOUNT" not in environ and "OMP_WAIT_POLICY" not in environ:
+        environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in _INFERENCE_COMMANDS:  # training runs alone on its machine: it keeps OpenMP's default
+        wait_gently(os.environ)
     formatter = warnings.formatwarning  # warnings as one line each, like the errors, while the command runs
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"esrt {args.command}: warning: {message}\n"
     try:
