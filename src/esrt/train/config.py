@@ -97,7 +97,8 @@ class TrainConfig:
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale}")
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+                allowed = f"{', '.join(choices[:-1])} or {choices[-1]}"
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
         for name, low in _AT_LEAST.items():
             value = getattr(self, name)
             if not value >= low:  # also catches NaN
