@@ -88,7 +88,8 @@ def test_onnx_backend_in_upscale_and_cli(
     via_onnx = upscale(image, model=onnx_net)
     via_torch = upscale(image, model=model)
     # onnxruntime holds every attention chunk's scores at once: its auto tiles are planned smaller
-    assert plan_tile("auto", 16, onnx_net) < plan_tile("auto", 16, TorchUpscaler(model))
+    onnx_tile, torch_tile = plan_tile("auto", 16, onnx_net), plan_tile("auto", 16, TorchUpscaler(model))
+    assert onnx_tile is not None and torch_tile is not None and onnx_tile < torch_tile
     assert np.abs(via_onnx.astype(int) - via_torch).max() <= 1  # rounding of values within 1e-4
     Image.fromarray(image).save(tmp_path / "a.png")
     args = ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--backend", "onnx"]
