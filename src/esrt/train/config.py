@@ -51,22 +51,10 @@ class TrainConfig:
         default=(100_000, 200_000, 300_000, 400_000), metadata={"help": "iterations where the lr is multiplied"}
     )
     lr_gamma: float = field(default=0.5, metadata={"help": "lr factor at each milestone"})
-    decay: str = field(
-        default="step",
-        metadata={
-            "help": "lr schedule: step (lr_gamma at each milestone), or cosine / linear: from decay_start on,"
-            " from the step schedule's lr there down to lr_final at the last iteration"
-        },
-    )
+    decay: str = field(default="step", metadata={"help": "step, or cosine / linear from decay_start to lr_final"})
     decay_start: int = field(default=0, metadata={"help": "iteration where a cosine or linear decay begins"})
     lr_final: float = field(default=0.0, metadata={"help": "lr at the last iteration of a cosine or linear decay"})
-    sampling: str = field(
-        default="image",
-        metadata={
-            "help": "how a patch picks its image: image (each equally often) or area (in proportion to its"
-            " size, so large photographs count by their pixels)"
-        },
-    )
+    sampling: str = field(default="image", metadata={"help": "image (all drawn equally) or area (by their size)"})
     loss: str = field(default="l1", metadata={"help": "pixel loss: l1 (the paper's) or l2 (mean squared error)"})
     warmup: int = field(default=0, metadata={"help": "linear lr warm-up iterations"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
