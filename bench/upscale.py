@@ -39,13 +39,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from esrt.devices import free_memory
 from esrt.images import read_image, write_image
 from esrt.model import EMHA, configure_attention
 from esrt.pretrained import load_model
 from esrt.runtime import to_input
-from esrt.tiling import DEFAULT_OVERLAP, available_memory, resolve_tile, tile_span, tile_starts
-from esrt.upscale import TorchUpscaler, upscale_pixels
+from esrt.tiling import DEFAULT_OVERLAP, available_memory, tile_span, tile_starts
+from esrt.upscale import TorchUpscaler, plan_tile, upscale_pixels
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
 PARTS = {"head": "convolutions", "lcb": "convolutions", "body_conv": "convolutions", "ltb": "transformer"}
@@ -119,13 +118,12 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
     net = TorchUpscaler(load_model(None, args.scale), "fp32", fast=not args.exact, malloc=True)  # as the CLI
     net(np.zeros((3, 32, 32), np.float32))  # the first call's one-off set-up is not timed
     timers = Timers(net.model)
-    tile = "auto" if args.part == "tiled" else None
+    side = plan_tile("auto", DEFAULT_OVERLAP, net) if args.part == "tiled" else None  # as upscale_pixels would
     height, width = picture.pixels.shape[:2]
     start = time.perf_counter()
-    out = upscale_pixels(picture.pixels, net, tile=tile, tile_overlap=DEFAULT_OVERLAP)
+    out = upscale_pixels(picture.pixels, net, tile=side, tile_overlap=DEFAULT_OVERLAP)
     seconds = time.perf_counter() - start
     split, attention_flops = timers.split(seconds), timers.attention_flops  # before dense_flops runs the model
-    side = resolve_tile(tile, DEFAULT_OVERLAP, args.scale, free_memory(None))
     th, tw = (tile_span(height, side, DEFAULT_OVERLAP), tile_span(width, side, DEFAULT_OVERLAP)) if side else (0, 0)
     tiles = len(tile_starts(height, th, DEFAULT_OVERLAP)) * len(tile_starts(width, tw, DEFAULT_OVERLAP)) if side else 1
     flops = dense_flops(net.model, args.scale) * (th * tw * tiles if side else height * width)
@@ -134,6 +132,7 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "peak_rss_mib": round(peak_rss_mib()),
         "tile": f"{tw}x{th}" if side else None,
+        "tile_side": side,
         "tiles": tiles,
         "split_seconds": split,
         "model_gflop": round((flops + attention_flops) / 1e9, 1),
@@ -238,8 +237,8 @@ def main() -> None:
         if "seconds" in report.get("whole", {}) and "seconds" in report.get("tiled", {}):
             whole, tiled = np.load(folder / "whole.npy"), np.load(folder / "tiled.npy")
             diff = np.abs(whole.astype(np.int16) - tiled.astype(np.int16))
-            side = resolve_tile("auto", DEFAULT_OVERLAP, args.scale, free_memory(None))
-            seams = seam_mask(height, width, side or max(height, width), args.scale)
+            side = report["tiled"]["tile_side"] or max(height, width)
+            seams = seam_mask(height, width, side, args.scale)
             report["tiled_vs_whole"] = {
                 "time_ratio": round(report["tiled"]["seconds"] / report["whole"]["seconds"], 3),
                 "mean_abs_diff_at_seams": round(float(diff[seams].mean()), 4) if seams.any() else None,
