@@ -40,11 +40,11 @@ def test_onnx_matches_torch(model: ESRT, exported: Path, batch: int, h: int, w: 
     """N = H*W tokens: 48 (N % 4 = 0), 35 (3), 25 (1), 6 (2), 126 (2); batch 2 included."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    engine = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     x = torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(h * w))
     with torch.inference_mode():
         expected = model(x).numpy()
-    got = np.asarray(session.run(None, {"input": x.numpy()})[0])
+    got = np.asarray(engine.run(None, {"input": x.numpy()})[0])
     assert got.shape == expected.shape == (batch, 3, 2 * h, 2 * w)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 

@@ -187,11 +187,11 @@ class OnnxUpscaler:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.engine = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{path}: not a readable ONNX model ({first})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = self.engine.get_modelmeta().custom_metadata_map
         if meta.get("format") != "esrt" or "scale" not in meta:
             raise ValueError(f"{path}: not an ONNX model made by `esrt export` (no esrt metadata)")
         self.scale = int(meta["scale"])
@@ -202,7 +202,7 @@ class OnnxUpscaler:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(x, dtype=np.float32)[None]  # (1, 3, h, w)
-        return self.session.run([OUTPUT], {INPUT: batch})[0][0]  # (3, s*h, s*w)
+        return self.engine.run([OUTPUT], {INPUT: batch})[0][0]  # (3, s*h, s*w)
 
 
 def main_export(args: argparse.Namespace) -> int:
