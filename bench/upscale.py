@@ -43,7 +43,7 @@ from esrt.images import read_image, write_image
 from esrt.model import EMHA, configure_attention
 from esrt.pretrained import load_model
 from esrt.runtime import to_input
-from esrt.tiling import DEFAULT_OVERLAP, available_memory, tile_span, tile_starts
+from esrt.tiling import DEFAULT_OVERLAP, available_memory, tile_layout
 from esrt.upscale import TorchUpscaler, plan_tile, upscale_pixels
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chelsea.png"
@@ -124,9 +124,9 @@ def run_pass(args: argparse.Namespace) -> dict[str, Any]:
     out = upscale_pixels(picture.pixels, net, tile=side, tile_overlap=DEFAULT_OVERLAP)
     seconds = time.perf_counter() - start
     split, attention_flops = timers.split(seconds), timers.attention_flops  # before dense_flops runs the model
-    th, tw = (tile_span(height, side, DEFAULT_OVERLAP), tile_span(width, side, DEFAULT_OVERLAP)) if side else (0, 0)
-    tiles = len(tile_starts(height, th, DEFAULT_OVERLAP)) * len(tile_starts(width, tw, DEFAULT_OVERLAP)) if side else 1
-    flops = dense_flops(net.model, args.scale) * (th * tw * tiles if side else height * width)
+    (th, ys), (tw, xs) = tile_layout(height, side, DEFAULT_OVERLAP), tile_layout(width, side, DEFAULT_OVERLAP)
+    tiles = len(ys) * len(xs)
+    flops = dense_flops(net.model, args.scale) * th * tw * tiles
     model_seconds = seconds - split["tiling"]
     result: dict[str, Any] = {
         "seconds": round(seconds, 2),
@@ -150,8 +150,7 @@ def seam_mask(height: int, width: int, side: int, scale: int) -> np.ndarray:
     """True on output pixels where two tiles overlap (--tile auto, DEFAULT_OVERLAP)."""
 
     def overlaps(length: int) -> np.ndarray:
-        span = tile_span(length, side, DEFAULT_OVERLAP)
-        starts = tile_starts(length, span, DEFAULT_OVERLAP)
+        span, starts = tile_layout(length, side, DEFAULT_OVERLAP)
         mask = np.zeros(length * scale, bool)
         for a, b in itertools.pairwise(starts):
             mask[b * scale : (a + span) * scale] = True

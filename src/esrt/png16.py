@@ -15,7 +15,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png16(pixels: np.ndarray, icc: bytes | None = None, level: int = 6) -> bytes:
+def encode_png16(pixels: np.ndarray, icc: bytes | None, level: int) -> bytes:
     """A 16-bit PNG (grey+alpha, RGB or RGBA), rows Sub-filtered, zlib level `level`; PIL cannot write 16-bit
     colour."""
     H, W, C = pixels.shape

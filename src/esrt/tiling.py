@@ -100,6 +100,13 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [min(i * step, length - tile) for i in range(count)]
 
 
+def tile_layout(length: int, tile: int | None, overlap: int) -> tuple[int, list[int]]:
+    """The tiles along an axis of `length` pixels: their common length (tile_span) and their starts; tile None
+    is one tile, the whole axis."""
+    span = length if tile is None else tile_span(length, tile, overlap)
+    return span, tile_starts(length, span, overlap)
+
+
 def blend_weights(starts: list[int], size: int, length: int, scale: int) -> list[np.ndarray]:
     """Per-tile 1-D output weights: linear ramps across each overlap, normalised to sum to 1 everywhere."""
     n = size * scale
@@ -134,8 +141,7 @@ def run_tiled(
     Only a band of output rows one tile high is kept in float32 at a time. Returns the number of tiles.
     """
     _, H, W = x.shape
-    th, tw = (H, W) if tile is None else (tile_span(H, tile, overlap), tile_span(W, tile, overlap))
-    ys, xs = tile_starts(H, th, overlap), tile_starts(W, tw, overlap)
+    (th, ys), (tw, xs) = tile_layout(H, tile, overlap), tile_layout(W, tile, overlap)
     if len(ys) == len(xs) == 1:
         emit(0, net(x))  # (3, sH, sW)
         if on_tile:

@@ -20,7 +20,7 @@ import numpy as np
 
 from esrt.images import ImageError, read_image, write_image
 from esrt.runtime import Precision, check_precision
-from esrt.tiling import DEFAULT_OVERLAP, Tile, resolve_tile, tile_span, tile_starts
+from esrt.tiling import DEFAULT_OVERLAP, Tile, resolve_tile, tile_layout
 
 if TYPE_CHECKING:
     from esrt.model import ESRT
@@ -298,5 +298,5 @@ def expected_calls(size: tuple[int, int], scale: int, tile: Tile, tta: bool) -> 
     tiles = 1
     if side:
         for length in size:
-            tiles *= len(tile_starts(length, tile_span(length, side, DEFAULT_OVERLAP), DEFAULT_OVERLAP))
+            tiles *= len(tile_layout(length, side, DEFAULT_OVERLAP)[1])
     return tiles * (8 if tta else 1)
