@@ -32,6 +32,9 @@ def test_shipped_weights_report_their_training_facts() -> None:
     assert info["data"] == json.loads(meta["data"])
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert list(info)[:5] == ["file", "format", "architecture", "scale", "parameters"]
+    keys = list(info)
+    others = keys[keys.index("precision") + 1 : keys.index("bytes")]
+    assert others and others == sorted(others)  # the same order on every run
 
 
 def test_reference_checkpoint() -> None:

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Metadata keys shown under their own names, in this order; any other key follows as it is.
+# Metadata keys shown first, in this order; any other key follows in alphabetical order (a safetensors
+# header keeps no order of its own).
 KNOWN = ("iterations", "data", "set5_psnr", "set5_ssim", "precision")
 
 
@@ -81,7 +82,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     info = _onnx_info(path) if path.suffix.lower() == ".onnx" else _torch_info(path)
     known = {k: info.pop(k) for k in KNOWN if k in info}
     head = {k: info.pop(k) for k in ("format", "architecture", "scale", "parameters", "stored_values") if k in info}
-    return {"file": str(path), **head, **known, **info, "bytes": path.stat().st_size, "sha256": sha256(path)}
+    rest = dict(sorted(info.items()))
+    return {"file": str(path), **head, **known, **rest, "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def _text(key: str, value: Any) -> str:
