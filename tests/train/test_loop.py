@@ -141,6 +141,7 @@ def test_auto_precision_resolves_per_machine(images: Path, tmp_path: Path, monke
 
 @pytest.mark.slow
 def test_torchrun_two_processes(images: Path, tmp_path: Path) -> None:
+    """Two gloo ranks end with equal weights; --standalone picks a free port, so parallel jobs cannot collide."""
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
@@ -151,12 +152,16 @@ def test_torchrun_two_processes(images: Path, tmp_path: Path) -> None:
         "w = torch.cat([p.detach().flatten() for p in model.parameters()])\n"
         "out = [torch.zeros_like(w) for _ in range(2)]\ndist.all_gather(out, w)\n"
         "assert torch.equal(out[0], out[1]), 'ranks differ'\n"
+        "dist.barrier()\n"  # no rank closes its connections while the other still reads
         "dist.destroy_process_group()\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--log-dir", str(logs), "--redirects", "3"]  # fmt: skip
     result = subprocess.run([*cmd, str(script)], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = "".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-1500:]}" for f in sorted(logs.rglob("*.log")))
+    assert result.returncode == 0, ranks + result.stderr[-1000:]
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == [CHECKPOINT]
 
 
