@@ -1,7 +1,9 @@
-"""Tests of esrt.runtime: precision choice and validation, threads, malloc tuning, the inference set-up."""
+"""Tests of esrt.runtime: precision choice and validation, threads, malloc tuning, subnormal flushing, the inference
+set-up."""
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import textwrap
@@ -95,3 +97,22 @@ def test_tune_malloc_keeps_large_blocks_off_mmap() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 control")
+def test_flush_denormals_reaches_the_openmp_workers() -> None:
+    """In a child process (the setting outlives the call): a subnormal product is zero on every thread."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from esrt.runtime import flush_denormals
+
+        applied = flush_denormals()  # before the first parallel operation starts the workers
+        torch.set_num_threads(2)
+        half_tiny = torch.full((1 << 20,), torch.finfo(torch.float32).tiny) * 0.5  # split across the threads
+        print(applied, int((half_tiny != 0).sum()))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "0"]

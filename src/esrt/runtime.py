@@ -1,6 +1,7 @@
-"""Platform policy: which precision, how many threads, malloc tuning, and a model set up for fast inference.
+"""Platform policy: which precision, how many threads, malloc tuning, subnormal flushing, and a model set up for
+fast inference.
 
-Choices measured by bench/infer.py and bench/train_step.py (docs/speed_notes.md); the exact graph rewrites
+Choices measured by bench/infer.py and bench/train_step.py (docs/performance.md); the exact graph rewrites
 they rely on are in esrt.rewrites, the attention's settings in esrt.model.configure_attention.
 """
 
@@ -40,6 +41,21 @@ def tune_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+
+
+def flush_denormals() -> bool:
+    """Makes float arithmetic flush subnormal numbers to zero, in this thread and the threads it starts later.
+
+    Late in a decay to a small lr, Adam's moment estimates of rarely used weights (e.g. the channel attention's
+    1x1 convs) sink below float32's smallest normal number, and on x86 CPUs arithmetic on such subnormals is
+    slow in hardware: ESRT x3 training steps on a 2-core AMD EPYC (AVX512-BF16) became about 3x slower from
+    iteration 65,350 on (13-15 s per 25 iterations -> 40-56 s), still after a resume, and were back at 13-15 s
+    with flushing. Values that small add nothing to the training.
+    The OpenMP workers inherit the setting only if they start afterwards: call it before the first parallel
+    torch operation (esrt.train.train does). Process policy, like tune_malloc: not undone.
+    Returns whether it applied (False on CPUs without the flush-to-zero control, e.g. ARM).
+    """
+    return bool(torch.set_flush_denormal(True))
 
 
 def _cpu_has(probe_name: str, flag: str) -> bool:

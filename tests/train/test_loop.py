@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -137,6 +138,12 @@ def test_auto_precision_resolves_per_machine(images: Path, tmp_path: Path, monke
     result = train(tiny_config(images, tmp_path, precision="auto", iterations=1))
     assert result.notes["precision"] == "fp32"
     assert json.loads((tmp_path / "config.json").read_text())["precision"] == "auto"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 control")
+def test_training_flushes_subnormals(images: Path, tmp_path: Path) -> None:
+    train(tiny_config(images, tmp_path, iterations=1))
+    assert (torch.tensor([torch.finfo(torch.float32).tiny]) * 0.5).item() == 0.0
 
 
 @pytest.mark.slow

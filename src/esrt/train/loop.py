@@ -24,7 +24,7 @@ from esrt.atomic import atomic_write_bytes
 from esrt.convert import CheckpointError
 from esrt.data import PatchDataset, StepSampler, load_pairs
 from esrt.model import ESRT
-from esrt.runtime import autocast, default_threads, training_precision
+from esrt.runtime import autocast, default_threads, flush_denormals, training_precision
 from esrt.train.checkpoint import (
     checkpoints,
     export_weights,
@@ -307,7 +307,9 @@ def _restore(
 
 def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     """Trains (or resumes from the newest intact checkpoint in resume, or else in out_dir) until
-    config.iterations; SIGINT or SIGTERM saves a checkpoint and returns (interrupted=True)."""
+    config.iterations; SIGINT or SIGTERM saves a checkpoint and returns (interrupted=True).
+    Flushes subnormal floats to zero for the rest of the process (esrt.runtime.flush_denormals)."""
+    flush_denormals()
     rank, world = _distributed()
     run = _Run.open(config, resume, rank, world)
     if run.main and config.progress:
