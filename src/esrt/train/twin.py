@@ -1,6 +1,6 @@
 """The training twin: a copy of the model sharing its weights, with its blocks torch.compile'd, for fast CPU steps.
 
-Same maths as the model (tests/test_train_twin.py), rewritten where inductor is slow (esrt.rewrites); measured by
+Same maths as the model (tests/train/test_twin.py), rewritten where inductor is slow (esrt.rewrites); measured by
 bench/train_step.py (docs/performance.md).
 """
 
