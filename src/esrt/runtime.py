@@ -48,9 +48,8 @@ def flush_denormals() -> bool:
 
     Late in a decay to a small lr, Adam's moment estimates of rarely used weights (e.g. the channel attention's
     1x1 convs) sink below float32's smallest normal number, and on x86 CPUs arithmetic on such subnormals is
-    slow in hardware: ESRT x3 training steps on a 2-core AMD EPYC (AVX512-BF16) became about 3x slower from
-    iteration 65,350 on (13-15 s per 25 iterations -> 40-56 s), still after a resume, and were back at 13-15 s
-    with flushing. Values that small add nothing to the training.
+    slow in hardware: training steps became about 3x slower until they were flushed (docs/performance.md).
+    Values that small add nothing to the training.
     The OpenMP workers inherit the setting only if they start afterwards: call it before the first parallel
     torch operation (esrt.train.train does). Process policy, like tune_malloc: not undone.
     Returns whether it applied (False on CPUs without the flush-to-zero control, e.g. ARM).
