@@ -6,6 +6,7 @@ A test that needs data it cannot find skips, saying what is missing and how to p
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,6 +24,11 @@ OFFICIAL = Path(os.environ.get("ESRT_FIXTURES") or DATA.resolve().parent / "fixt
 
 HOW_DATA = "set ESRT_DATA to the folder holding Set5/, Set14/ and BSD100/ (docs/evaluation.md)"
 HOW_FIXTURES = "set ESRT_FIXTURES to the reference fixtures folder (docs/development.md)"
+
+# Marks a test of the flush-to-zero control, which only x86 CPUs have (esrt.runtime.flush_denormals).
+x86_only = pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 control"
+)
 
 
 def missing(what: str, how: str) -> NoReturn:

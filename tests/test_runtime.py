@@ -3,7 +3,6 @@ set-up."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,8 @@ import torch
 
 from esrt import ESRT, runtime
 from esrt.model import EMHA
+
+from .conftest import x86_only
 
 
 def test_prepare_for_inference_fp32_is_exact_and_bf16_close() -> None:
@@ -99,7 +100,7 @@ def test_tune_malloc_keeps_large_blocks_off_mmap() -> None:
     assert result.stdout.split() == ["True", "True", "False"]
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 control")
+@x86_only
 def test_flush_denormals_reaches_the_openmp_workers() -> None:
     """In a child process (the setting outlives the call): a subnormal product is zero on every thread."""
     script = textwrap.dedent(

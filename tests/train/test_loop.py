@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from esrt.model import ESRT
 from esrt.train import DivergenceError, TrainConfig, learning_rate, train
 from esrt.train.checkpoint import CHECKPOINT, PREVIOUS
 
+from ..conftest import x86_only
 from .conftest import saved_weights, tiny_args, tiny_config
 
 
@@ -140,7 +140,7 @@ def test_auto_precision_resolves_per_machine(images: Path, tmp_path: Path, monke
     assert json.loads((tmp_path / "config.json").read_text())["precision"] == "auto"
 
 
-@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="flush-to-zero is an x86 control")
+@x86_only
 def test_training_flushes_subnormals(images: Path, tmp_path: Path) -> None:
     train(tiny_config(images, tmp_path, iterations=1))
     assert (torch.tensor([torch.finfo(torch.float32).tiny]) * 0.5).item() == 0.0
