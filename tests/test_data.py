@@ -31,6 +31,24 @@ def test_small_images_are_skipped(images: Path, tmp_path: Path) -> None:
     assert [Path(s).name for s in skipped] == ["tiny.png"]
 
 
+def test_hr_scales_add_resized_copies_cached(images: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    pairs, skipped = load_pairs([images], 2, 8, cache, hr_scales=(1.0, 0.5))
+    # 44x40 images: at 0.5 they are 22x20 (LR 11x10); the 6x6 one is too small at either factor
+    assert [p.name for p in pairs] == ["0.png", "0.png@0.5", "1.png", "1.png@0.5", "2.png", "2.png@0.5"]
+    assert [Path(s).name for s in skipped] == ["tiny.png", "tiny.png at 0.5"]
+    half = pairs[1]
+    assert half.hr.shape == (20, 22, 3) and half.lr.shape == (10, 11, 3)
+    # the resized HR is a smooth shrink of the original (MATLAB bicubic), not a crop of it
+    box = torch.nn.functional.avg_pool2d(torch.from_numpy(pairs[0].hr).permute(2, 0, 1)[None].float(), 2)[0]
+    assert np.abs(box.permute(1, 2, 0).numpy() - half.hr).mean() < 2.0
+    files = 3 * 3 + 1  # per image: the LR, the resized HR and its LR; the tiny image's resized HR
+    assert len(list(cache.glob("*.npy"))) == files
+    again, _ = load_pairs([images], 2, 8, cache, hr_scales=(1.0, 0.5))
+    assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pairs, again, strict=True))
+    assert len(list(cache.glob("*.npy"))) == files
+
+
 def test_patches_are_aligned_and_deterministic(images: Path, tmp_path: Path) -> None:
     pairs, _ = load_pairs([images], 2, 8, tmp_path)
     data = PatchDataset(pairs, 2, 8, seed=3)

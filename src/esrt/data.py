@@ -7,9 +7,10 @@ Follows the paper's training recipe (docs/training.md); sampling is a pure funct
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,18 +31,37 @@ class Pair:
     lr: np.ndarray
 
 
-def _cache_key(path: Path, scale: int) -> str:
+def _cache_key(path: Path, scale: int, factor: float = 1.0) -> str:
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|x{scale}|matlab-bicubic-v2"  # v2: EXIF applied
+    if factor != 1:
+        text += f"|hr*{factor!r}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+def _cached(file: Path | None, make: Callable[..., np.ndarray], *args: Any) -> np.ndarray:
+    """make(*args), read from file when it is there, else computed and written there (atomically); None: no cache."""
+    if file is not None and file.is_file():
+        return np.load(file)
+    array = make(*args)
+    if file is not None:
+        with atomic_path(file) as tmp, tmp.open("wb") as f:
+            np.save(f, array)
+    return array
+
+
 def load_pairs(
-    folders: Sequence[str | Path], scale: int, min_lr_size: int, cache_dir: str | Path | None = None
+    folders: Sequence[str | Path],
+    scale: int,
+    min_lr_size: int,
+    cache_dir: str | Path | None = None,
+    hr_scales: Sequence[float] = (1.0,),
 ) -> tuple[list[Pair], list[str]]:
     """HR/LR pairs of every image in folders, and the names of images skipped as too small.
 
-    LR = MATLAB-bicubic downscale (esrt.imresize) of the modcropped HR, cached as .npy in cache_dir.
+    Each image gives one pair per factor in hr_scales: the HR resized by that factor (1: as it is), modcropped,
+    and its LR, the MATLAB-bicubic downscale (esrt.imresize) by 1/scale; resized HRs and LRs are cached as .npy
+    in cache_dir.
     """
     from esrt.imresize import imresize
 
@@ -51,19 +71,19 @@ def load_pairs(
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     for path in find_images(folders):
-        hr = modcrop(read_rgb(path), scale)
-        if min(hr.shape[:2]) // scale < min_lr_size:
-            skipped.append(str(path))
-            continue
-        cached = cache / f"{path.stem}-{_cache_key(path, scale)}.npy" if cache else None
-        if cached is not None and cached.is_file():
-            lr = np.load(cached)
-        else:
-            lr = imresize(hr, 1 / scale)
-            if cached is not None:
-                with atomic_path(cached) as tmp, tmp.open("wb") as f:
-                    np.save(f, lr)
-        pairs.append(Pair(path.name, hr, lr))
+        original = read_rgb(path)
+        for factor in hr_scales:
+            key = _cache_key(path, scale, factor)
+            if factor == 1:
+                name, lr_file, hr = path.name, f"{path.stem}-{key}.npy", modcrop(original, scale)
+            else:
+                name, lr_file = f"{path.name}@{factor:g}", f"{path.stem}-lr-{key}.npy"
+                hr = modcrop(_cached(cache and cache / f"{path.stem}-hr-{key}.npy", imresize, original, factor), scale)
+            if min(hr.shape[:2]) // scale < min_lr_size:
+                skipped.append(str(path) if factor == 1 else f"{path} at {factor:g}")
+                continue
+            lr = _cached(cache and cache / lr_file, imresize, hr, 1 / scale)
+            pairs.append(Pair(name, hr, lr))
     return pairs, skipped
 
 

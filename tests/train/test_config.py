@@ -28,6 +28,8 @@ def test_defaults_are_the_papers_recipe() -> None:
         ({"precision": "fp16"}, "precision must be fp32, bf16 or auto"),
         ({"scale": 5}, "scale must be 2, 3 or 4"),
         ({"patch": 1}, "patch must be at least 2, got 1"),
+        ({"hr_scales": (1.0, 1.5)}, r"hr_scales must be one or more factors in \(0, 1\], got \[1.0, 1.5\]"),
+        ({"hr_scales": ()}, "hr_scales must be one or more factors"),
     ],
 )
 def test_bad_settings_are_one_line_errors(change: dict[str, object], message: str) -> None:

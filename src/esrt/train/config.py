@@ -54,6 +54,10 @@ class TrainConfig:
     decay: str = field(default="step", metadata={"help": "step, or cosine / linear from decay_start to lr_final"})
     decay_start: int = field(default=0, metadata={"help": "iteration where a cosine or linear decay begins"})
     lr_final: float = field(default=0.0, metadata={"help": "lr at the last iteration of a cosine or linear decay"})
+    hr_scales: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata={"help": "each HR image is also trained on resized by these factors, e.g. 1 0.9 0.8 0.7 0.6"},
+    )
     sampling: str = field(default="image", metadata={"help": "image (all drawn equally) or area (by their size)"})
     loss: str = field(default="l1", metadata={"help": "pixel loss: l1 (the paper's) or l2 (mean squared error)"})
     warmup: int = field(default=0, metadata={"help": "linear lr warm-up iterations"})
@@ -96,6 +100,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
         if not 0 <= self.lr_final < math.inf:
             raise ValueError(f"lr_final must be a number >= 0, got {self.lr_final}")
+        if not self.hr_scales or not all(0 < f <= 1 for f in self.hr_scales):
+            raise ValueError(f"hr_scales must be one or more factors in (0, 1], got {list(self.hr_scales)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
 

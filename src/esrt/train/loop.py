@@ -138,7 +138,7 @@ def _resume_source(config: TrainConfig, resume: str | Path | None) -> Path:
 def _loader(config: TrainConfig, out_dir: Path, start: int, rank: int, world: int) -> torch.utils.data.DataLoader:
     """Batches of (LR, HR) patches from iteration start on; this rank's share of each global batch."""
     cache = config.cache_dir or str(out_dir.parent / "cache")
-    pairs, skipped = load_pairs(config.data, config.scale, config.patch, cache)
+    pairs, skipped = load_pairs(config.data, config.scale, config.patch, cache, config.hr_scales)
     if rank == 0 and skipped:
         print(f"skipped {len(skipped)} images smaller than a {config.patch * config.scale}px HR patch")
     return torch.utils.data.DataLoader(
