@@ -63,7 +63,7 @@ def load_pairs(
     and its LR, the MATLAB-bicubic downscale (esrt.imresize) by 1/scale; resized HRs and LRs are cached as .npy
     in cache_dir.
     """
-    from esrt.imresize import imresize
+    from esrt.imresize import imresize, resized_length
 
     pairs: list[Pair] = []
     skipped: list[str] = []
@@ -73,15 +73,15 @@ def load_pairs(
     for path in find_images(folders):
         original = read_rgb(path)
         for factor in hr_scales:
+            if min(resized_length(side, factor) for side in original.shape[:2]) // scale < min_lr_size:
+                skipped.append(str(path) if factor == 1 else f"{path} at {factor:g}")
+                continue
             key = _cache_key(path, scale, factor)
             if factor == 1:
                 name, lr_file, hr = path.name, f"{path.stem}-{key}.npy", modcrop(original, scale)
             else:
                 name, lr_file = f"{path.name}@{factor:g}", f"{path.stem}-lr-{key}.npy"
                 hr = modcrop(_cached(cache and cache / f"{path.stem}-hr-{key}.npy", imresize, original, factor), scale)
-            if min(hr.shape[:2]) // scale < min_lr_size:
-                skipped.append(str(path) if factor == 1 else f"{path} at {factor:g}")
-                continue
             lr = _cached(cache and cache / lr_file, imresize, hr, 1 / scale)
             pairs.append(Pair(name, hr, lr))
     return pairs, skipped

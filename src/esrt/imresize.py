@@ -31,6 +31,11 @@ def _as_fraction(scale: float) -> Fraction:
     return frac if abs(float(frac) - scale) <= 1e-9 * scale else Fraction(scale)
 
 
+def resized_length(in_len: int, scale: float) -> int:
+    """Pixels along an axis of in_len pixels after resizing by scale: ceil(in_len * scale), exact for fractions."""
+    return math.ceil(in_len * _as_fraction(scale))
+
+
 def contributions(in_len: int, scale: float, antialiasing: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """Weights (out_len, P) and 0-based source indices (out_len, P) of a 1-D MATLAB bicubic resize.
 
@@ -39,7 +44,7 @@ def contributions(in_len: int, scale: float, antialiasing: bool = True) -> tuple
     to the edge (replicate), weights of each output sample sum to 1.
     """
     frac = _as_fraction(scale)
-    out_len = math.ceil(in_len * frac)
+    out_len = resized_length(in_len, scale)
     if out_len < 1:
         raise ValueError(f"resizing {in_len} pixels by {scale} leaves no pixel")
     x = np.arange(1, out_len + 1, dtype=np.float64)
