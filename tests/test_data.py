@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,21 @@ def test_hr_scales_add_resized_copies_cached(images: Path, tmp_path: Path) -> No
     again, _ = load_pairs([images], 2, 8, cache, hr_scales=(1.0, 0.5))
     assert all(np.array_equal(a.lr, b.lr) and np.array_equal(a.hr, b.hr) for a, b in zip(pairs, again, strict=True))
     assert len(list(cache.glob("*.npy"))) == files
+
+
+def test_cache_follows_content_not_path_or_time(images: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    load_pairs([images], 2, 8, cache)
+    assert len(list(cache.glob("*.npy"))) == 3
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)  # a new path and new modification times: the same images
+    os.utime(copy / "0.png", (1, 1))
+    load_pairs([copy], 2, 8, cache)
+    assert len(list(cache.glob("*.npy"))) == 3
+    Image.fromarray(np.full((40, 44, 3), 7, np.uint8)).save(copy / "1.png")  # new content under an old name
+    pairs, _ = load_pairs([copy], 2, 8, cache)
+    assert len(list(cache.glob("*.npy"))) == 4
+    assert pairs[1].lr.max() == pairs[1].lr.min() == 7
 
 
 def test_patches_are_aligned_and_deterministic(images: Path, tmp_path: Path) -> None:

@@ -31,9 +31,9 @@ class Pair:
     lr: np.ndarray
 
 
-def _cache_key(path: Path, scale: int, factor: float = 1.0) -> str:
-    stat = path.stat()
-    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|x{scale}|matlab-bicubic-v2"  # v2: EXIF applied
+def _cache_key(content: str, scale: int, factor: float = 1.0) -> str:
+    """Cache name of an image's arrays: its content digest (copies and re-mounts keep their cache), scale, factor."""
+    text = f"{content}|x{scale}|matlab-bicubic-v3"  # v2: EXIF applied; v3: keyed by content, not path and mtime
     if factor != 1:
         text += f"|hr*{factor!r}"
     return hashlib.sha1(text.encode()).hexdigest()[:16]
@@ -72,11 +72,12 @@ def load_pairs(
         cache.mkdir(parents=True, exist_ok=True)
     for path in find_images(folders):
         original = read_rgb(path)
+        content = hashlib.sha1(path.read_bytes()).hexdigest()
         for factor in hr_scales:
             if min(resized_length(side, factor) for side in original.shape[:2]) // scale < min_lr_size:
                 skipped.append(str(path) if factor == 1 else f"{path} at {factor:g}")
                 continue
-            key = _cache_key(path, scale, factor)
+            key = _cache_key(content, scale, factor)
             if factor == 1:
                 name, lr_file, hr = path.name, f"{path.stem}-{key}.npy", modcrop(original, scale)
             else:
