@@ -49,8 +49,8 @@ def main() -> int:
         "batch": trained.get("batch", ""),
         "precision": trained.get("precision", ""),
         "date": time.strftime("%Y-%m-%d"),
-        "set5_psnr": psnr,
-        "set5_ssim": ssim,
+        "set5_psnr": f"{psnr:.4f}",  # four decimals always (37.4530, not 37.453): the README rounds it to two
+        "set5_ssim": f"{ssim:.4f}",
     }
     save_weights(load_checkpoint(source), target, meta)
     print(f"shipped {target} ({trained.get('iterations', '?')} iterations, Set5 {psnr} dB)")
