@@ -1,7 +1,8 @@
 """Packs training images for a GPU burst (training/gpu_burst.sh) into a size budget, losslessly.
 
-What a remote machine accepts is small (the repository's tracked files count too), and the training images
-(the 491 and Photos31) take about 100 MiB even as lossless WebP, so the burst trains on a seeded random subset that fits --budget-mib:
+What a remote machine accepts is small (the repository's tracked files count too), and the training images (the
+491 and Photos31) do not fit even as lossless WebP (258 of the 522 fill 48 MiB), so the burst trains on a seeded
+random subset that fits --budget-mib:
 each image is stored as lossless WebP or its original PNG bytes, whichever is smaller (pixels unchanged, checked).
 Set5 (validation) is always included. Reads --data-root (default $ESRT_DATA, else ./datasets); writes
 DEST/{T91,BSD200,BSDS500_test200,Set5}/HR and DEST/Photos31 and prints the count and size as JSON.
