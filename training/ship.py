@@ -1,8 +1,8 @@
 """Ships a run's weights into the package: src/esrt/weights/esrt_x{S}.safetensors.
 
 Scores the candidate (default training/x{S}/last.safetensors, EMA weights) on Set5 with `esrt eval`'s protocol
-(whole image, fp32) and writes it with a metadata record (scale, iterations, data, date, set5_psnr, set5_ssim)
-only if it beats what is shipped now, unless --force.
+(whole image, fp32) and writes it with a metadata record (scale, iterations, data, date, set5_psnr, set5_ssim;
+averaged, for a mean of files) only if it beats what is shipped now, unless --force.
 
     python training/ship.py 4
     python training/ship.py 2 --weights training/x2/best.safetensors
@@ -52,6 +52,8 @@ def main() -> int:
         "set5_psnr": f"{psnr:.4f}",  # four decimals always (37.4530, not 37.453): the README rounds it to two
         "set5_ssim": f"{ssim:.4f}",
     }
+    if "averaged" in trained:  # a mean of weight files (training/average_weights.py): their iterations
+        meta["averaged"] = trained["averaged"]
     save_weights(load_checkpoint(source), target, meta)
     print(f"shipped {target} ({trained.get('iterations', '?')} iterations, Set5 {psnr} dB)")
     return 0
