@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from esrt.convert import load_checkpoint, read_metadata, save_weights
+from esrt.convert import CheckpointError, load_checkpoint, read_metadata, save_weights
 from esrt.model import ESRT
 
 
@@ -39,14 +39,15 @@ def main() -> int:
     args = parser.parse_args()
     if len(args.weights) < 2:
         raise SystemExit("error: give at least two weight files")
-    missing = [str(p) for p in args.weights if not p.is_file()]
-    if missing:
-        raise SystemExit(f"error: no such file: {', '.join(missing)}")
+    try:  # load_checkpoint's checks: a missing, damaged or non-finite file is a one-line error
+        model = average(args.weights)
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {exc}") from None
     metas = [read_metadata(p) for p in args.weights]
     iterations = [int(m.get("iterations", 0)) for m in metas]
     meta = {k: v for k, v in metas[-1].items() if k not in ("format", "scale", "val_psnr")}
     meta |= {"iterations": max(iterations), "averaged": json.dumps(iterations)}
-    save_weights(average(args.weights), args.out, meta)
+    save_weights(model, args.out, meta)
     print(f"wrote {args.out}: the mean of {len(args.weights)} files (iterations {iterations})")
     return 0
 
